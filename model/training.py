@@ -1,0 +1,110 @@
+"""The mini-batch training loop and its ``History`` (contract: docs/design.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from model.layers import as_labels
+from model.network import MultiLayerNet
+
+__all__ = ["Callback", "History", "train"]
+
+Callback = Callable[[int, dict], "bool | None"]
+
+
+class Optimizer(Protocol):
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None: ...
+
+
+@dataclass
+class History:
+    """Per-epoch measurements, index = epoch (0 = before any update).
+
+    Each list has ``epochs + 1`` entries (fewer if a callback stopped training);
+    ``test_acc`` is empty when no test data was given."""
+
+    train_acc: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _prepare(net: MultiLayerNet, x: np.ndarray, t: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The data in the net's dtype and the labels as integers, converted once for the whole run."""
+    x = np.ascontiguousarray(x, dtype=net.dtype)
+    t = as_labels(t)
+    if x.ndim != 2 or x.shape[1] != net.input_size:
+        raise ValueError(f"{what} inputs must have shape (n, {net.input_size}), got {x.shape}")
+    if len(t) != len(x):
+        raise ValueError(f"{what} has {len(x)} inputs but {len(t)} labels")
+    if len(x) == 0:
+        raise ValueError(f"{what} data is empty")
+    return x, t
+
+
+def train(
+    net: MultiLayerNet,
+    optimizer: Optimizer,
+    x_train: np.ndarray,
+    t_train: np.ndarray,
+    x_test: np.ndarray | None = None,
+    t_test: np.ndarray | None = None,
+    *,
+    epochs: int,
+    batch_size: int,
+    rng: np.random.Generator | int,
+    callback: Callback | None = None,
+) -> History:
+    """Train ``net`` with ``optimizer`` on mini-batches and record the learning curves.
+
+    Each epoch visits every training sample once, in the order of ``rng.permutation(n)``, in batches
+    of ``batch_size`` (the last one may be smaller). Before the first epoch (epoch 0) and after each
+    epoch, one inference-mode forward pass over the training data gives ``train_loss`` and
+    ``train_acc``, and one over the test data ``test_acc``. ``callback(epoch, record)`` is then
+    called with ``record = {"train_acc", "train_loss"[, "test_acc"]}``; if it returns True, training
+    stops. A diverged (NaN/inf) loss is recorded, not raised: overflow warnings are silenced here.
+    """
+    epochs = _check_count("epochs", epochs, 0)
+    batch_size = _check_count("batch_size", batch_size, 1)
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        rng = np.random.default_rng(rng)
+    elif not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy Generator or an int seed, got {type(rng).__name__}")
+    if (x_test is None) != (t_test is None):
+        raise ValueError("give both x_test and t_test, or neither")
+
+    x_train, t_train = _prepare(net, x_train, t_train, "training")
+    has_test = x_test is not None
+    if has_test:
+        x_test, t_test = _prepare(net, x_test, t_test, "test")
+
+    history = History()
+    n = len(x_train)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for epoch in range(epochs + 1):
+            if epoch > 0:
+                order = rng.permutation(n)
+                for start in range(0, n, batch_size):
+                    batch = order[start : start + batch_size]
+                    grads = net.gradient(x_train[batch], t_train[batch])
+                    optimizer.update(net.params, grads)
+
+            train_loss, train_acc = net.evaluate(x_train, t_train)
+            record = {"train_acc": train_acc, "train_loss": train_loss}
+            history.train_acc.append(train_acc)
+            history.train_loss.append(train_loss)
+            if has_test:
+                record["test_acc"] = net.accuracy(x_test, t_test)
+                history.test_acc.append(record["test_acc"])
+            if callback is not None and callback(epoch, record):
+                break
+    return history

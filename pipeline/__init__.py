@@ -1,0 +1,1 @@
+"""The sweep: trial grid, data loading, Ray execution, MLflow tracking, the CLI."""

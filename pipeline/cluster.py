@@ -1,0 +1,57 @@
+"""Starting or joining the Ray cluster that runs the trials."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from pipeline.trials import UsageError
+
+# Quiet, local-only defaults; an explicit environment setting wins.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+
+import ray  # noqa: E402
+
+LOCAL_HOST = "127.0.0.1"
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast if a Ray head at ``host:port`` does not accept connections (``auto`` is left to Ray)."""
+    if address == "auto":
+        return
+    if address.startswith("ray://"):
+        raise UsageError(f"--address {address}: Ray Client (ray://) is not supported; give the head's host:port")
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise UsageError(f"--address {address!r}: expected host:port of the Ray head, e.g. 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UsageError(f"Ray cluster at {address} is unreachable ({exc.strerror or exc})") from None
+
+
+def connect(address: str | None, workers: int | None) -> int:
+    """Join the cluster at ``address``, or start a local Ray bound to 127.0.0.1; return the cluster's CPUs.
+
+    A local instance gets ``workers`` CPUs (at least the machine's), so ``--workers`` trials really run at once.
+    """
+    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except Exception as exc:  # noqa: BLE001 - any failure to join is a one-line usage error
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"cannot join the Ray cluster at {address}: {first}") from None
+    else:
+        cpus = max(workers or 0, os.cpu_count() or 1)
+        ray.init(num_cpus=cpus, _node_ip_address=LOCAL_HOST, **common)
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def disconnect() -> None:
+    """Leave the cluster (and stop a local instance we started)."""
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,442 @@
+"""``python -m pipeline.sweep``: run the batch-norm weight-scale experiment as a Ray sweep tracked in MLflow.
+
+Every (weight_scale, use_batchnorm, seed) is one trial, one Ray task and one MLflow run. Trials already FINISHED
+in the experiment are skipped, so the same command resumes an interrupted sweep and ``--seeds 0-9`` after
+``--seeds 0-4`` runs only the new seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.optimizers import OPTIMIZERS
+from pipeline.data import DATASETS
+from pipeline.trials import (
+    DEFAULT_WEIGHT_SCALES,
+    UsageError,
+    make_grid,
+    params_of,
+    parse_batchnorm,
+    parse_seeds,
+    parse_weight_scales,
+    run_name,
+    trial_key,
+)
+
+DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m pipeline.sweep``."""
+    p = _Parser(
+        prog="python -m pipeline.sweep",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("the grid")
+    g.add_argument("--weight-scales", default=None, metavar="W,W,...",
+                   help="comma list of initial weight standard deviations (default: the book's 16 values, "
+                        "np.logspace(0, -4, 16))")
+    g.add_argument("--batchnorm", default="both", choices=["on", "off", "both"], help="which arms to train")
+    g.add_argument("--seeds", default="0-4", help="seeds to run: a range 0-4, a list 0,3,7, or both 0-4,9")
+    h = p.add_argument_group("the trial (fixed across the grid)")
+    h.add_argument("--dataset", default="mnist", choices=DATASETS, help="data set")
+    h.add_argument("--data-dir", default=None, help="folder with the four IDX files (default: search the cache, "
+                   "BNSWEEP_DATA_DIR and /usr/share/datasets, then download)")
+    h.add_argument("--train-size", type=int, default=1000, help="training samples (the first N of the train split)")
+    h.add_argument("--test-size", type=int, default=1000,
+                   help="held-out samples for test_acc (the first N of the test split; up to all 10000)")
+    h.add_argument("--epochs", type=int, default=20, help="epochs; metrics are logged for epochs 0..N")
+    h.add_argument("--batch-size", type=int, default=100, help="mini-batch size")
+    h.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    h.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer")
+    h.add_argument("--hidden-sizes", default="100,100,100,100,100", help="hidden layer widths")
+    h.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                   help="float64 is the book's precision; float32 is about twice as fast and its accuracy "
+                        "curves match float64 to within a few tenths of a percent (see README)")
+    r = p.add_argument_group("where it runs and what records it")
+    r.add_argument("--workers", type=int, default=None,
+                   help="trials running at once (default: the cluster's CPUs)")
+    r.add_argument("--address", default=None,
+                   help="host:port of an existing Ray cluster to join (default: start a local Ray on 127.0.0.1)")
+    r.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    r.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    r.add_argument("--flush-seconds", type=float, default=2.0,
+                   help="a running trial sends its new epochs to MLflow at most this often")
+    r.add_argument("--tracking-retry", type=float, default=120.0,
+                   help="seconds to keep retrying an unavailable tracking store before giving up")
+    r.add_argument("--orphan-timeout", type=float, default=900.0,
+                   help="a RUNNING run from another host with no heartbeat for this long is treated as orphaned")
+    r.add_argument("--dry-run", action="store_true", help="show what would run, start nothing, write nothing")
+    return p
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} must be positive (got {value})")
+
+
+def trial_base(args: argparse.Namespace) -> dict:
+    """The fixed hyperparameters of every trial, validated."""
+    for name in ("epochs", "batch_size", "train_size", "test_size", "lr", "flush_seconds", "tracking_retry"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    try:
+        hidden = [int(h) for h in args.hidden_sizes.split(",")]
+    except ValueError:
+        raise UsageError(f"--hidden-sizes {args.hidden_sizes!r}: expected a comma list of integers") from None
+    if not hidden or min(hidden) < 1:
+        raise UsageError(f"--hidden-sizes {args.hidden_sizes!r}: widths must be positive")
+    return {
+        "dataset": args.dataset,
+        "train_size": args.train_size,
+        "test_size": args.test_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": float(args.lr),
+        "optimizer": args.optimizer,
+        "hidden_size_list": hidden,
+        "activation": "relu",
+        "dtype": args.dtype,
+    }
+
+
+def code_version() -> str:
+    """The git commit of this code (with ``-dirty`` for local changes), else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return "bnsweep " + version("bnsweep")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+@dataclass
+class Active:
+    """A trial whose task is running."""
+
+    config: dict
+    key: str
+    run_id: str
+    start_time: int
+    epochs_logged: set = field(default_factory=set)
+    node_tagged: bool = False
+
+
+@dataclass
+class Outcome:
+    """Counts for the summary."""
+
+    finished: int = 0
+    failed: int = 0
+    killed: int = 0
+    yielded: int = 0
+    failures: list = field(default_factory=list)
+    compute_seconds: float = 0.0
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"python -m pipeline.sweep: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: C901 - the sweep's story, told in order
+    """Validate, plan, start Ray, and run every trial not yet FINISHED."""
+    from pipeline import tracking
+
+    base = trial_base(args)
+    scales = parse_weight_scales(args.weight_scales) if args.weight_scales else list(DEFAULT_WEIGHT_SCALES)
+    grid = make_grid(base, scales, parse_batchnorm(args.batchnorm), parse_seeds(args.seeds))
+    keys = [trial_key(c) for c in grid]
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_tracking_uri(uri)
+
+    if args.dry_run:
+        return _dry_run(args, uri, grid, keys)
+
+    from pipeline import cluster
+
+    if args.address:
+        cluster.check_address(args.address)
+
+    started = time.perf_counter()
+    # Load the data while Ray starts: both take seconds and neither needs the other.
+    loaded: dict = {}
+    loader = threading.Thread(target=_load_data, args=(args, base, loaded), daemon=True)
+    loader.start()
+    try:
+        cpus = cluster.connect(args.address, args.workers)
+        loader.join()
+        if "error" in loaded:
+            raise loaded["error"]
+        ray_seconds = time.perf_counter() - started
+        return _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds)
+    finally:
+        cluster.disconnect()
+
+
+def _load_data(args: argparse.Namespace, base: dict, out: dict) -> None:
+    """Load the data set once, cut the train/test subsets and cast them to the trial dtype (in a thread)."""
+    from pipeline.data import load_dataset_with_checksum
+
+    try:
+        ((x_train, t_train), (x_test, t_test)), checksum = load_dataset_with_checksum(args.dataset, args.data_dir)
+        for name, want, have in (("--train-size", base["train_size"], len(x_train)),
+                                 ("--test-size", base["test_size"], len(x_test))):
+            if want > have:
+                raise UsageError(f"{name} {want} is larger than the {args.dataset} split ({have} samples)")
+        dtype = np.dtype(base["dtype"])
+        out["data"] = (
+            np.ascontiguousarray(x_train[: base["train_size"]], dtype=dtype),
+            np.ascontiguousarray(t_train[: base["train_size"]]),
+            np.ascontiguousarray(x_test[: base["test_size"]], dtype=dtype),
+            np.ascontiguousarray(t_test[: base["test_size"]]),
+        )
+        out["checksum"] = checksum
+    except UsageError as exc:
+        out["error"] = exc
+    except ValueError as exc:  # DatasetError and friends: a one-line message that names the fix
+        out["error"] = UsageError(str(exc))
+
+
+def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str]) -> int:
+    from pipeline import tracking
+
+    done: set[str] = set()
+    if tracking.store_exists(uri):
+        tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry)
+        exp_id = tracker.find_experiment_id(args.experiment)
+        if exp_id is not None:
+            done = {r.trial_key for r in tracker.trial_runs(exp_id) if r.status == "FINISHED"}
+    todo = [c for c, k in zip(grid, keys) if k not in done]
+    print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED in "
+          f"experiment {args.experiment!r} at {uri}, {len(todo)} would run.")
+    for config in todo[:20]:
+        print(f"  {run_name(config)}")
+    if len(todo) > 20:
+        print(f"  ... and {len(todo) - 20} more")
+    return 0
+
+
+def _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds) -> int:  # noqa: C901
+    import ray
+    from tqdm import tqdm
+
+    from pipeline import tracking
+    from pipeline.tasks import train_trial
+
+    tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry,
+                               on_retry=lambda m: tqdm.write(m, file=sys.stderr))
+    exp_id = tracker.ensure_experiment(args.experiment)
+    sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    driver = tracking.driver_identity()
+
+    # Plan: skip what is FINISHED, end what is orphaned, leave alone what another live sweep is running.
+    existing = tracker.trial_runs(exp_id)
+    finished = {r.trial_key for r in existing if r.status == "FINISHED"}
+    orphans = [r for r in existing if tracking.is_orphan(r, args.orphan_timeout)]
+    for r in orphans:
+        tracker.end_run(r.run_id, "FAILED", f"orphaned: its sweep's driver ({r.driver}) is gone; rerun by sweep {sweep_id}")
+    orphan_ids = {r.run_id for r in orphans}
+    running_elsewhere = {r.trial_key for r in existing
+                         if r.status == "RUNNING" and r.run_id not in orphan_ids} - finished
+    todo = deque((c, k) for c, k in zip(grid, keys) if k not in finished and k not in running_elsewhere)
+    skipped = len(grid) - len(todo) - len(running_elsewhere & set(keys))
+    workers = args.workers or cpus
+
+    _say(f"Sweep {sweep_id}: {len(grid)} trials in the grid, {skipped} already FINISHED, {len(todo)} to run "
+         f"on {workers} workers ({cpus} CPUs in the cluster); experiment {args.experiment!r} at {uri}.")
+    if orphans:
+        _say(f"Ended {len(orphans)} orphaned RUNNING run(s) of an earlier sweep as FAILED; their trials run again.")
+    if running_elsewhere & set(keys):
+        _say(f"{len(running_elsewhere & set(keys))} trial(s) are RUNNING in another live sweep; left to it.")
+    ui = tracking.mlflow_ui_command(uri, exp_id)
+    if not todo:
+        _say(f"Nothing to run: every trial of this grid is already FINISHED (or running elsewhere). See them: {ui}")
+        return 0
+
+    data_ref = ray.put(loaded["data"])
+    static_tags = {
+        "run_kind": tracking.RUN_KIND_TRIAL,
+        "sweep_id": sweep_id,
+        "dataset": args.dataset,
+        "dataset_sha256": loaded["checksum"],
+        "code_version": code_version(),
+        "driver": driver,
+    }
+    outcome = Outcome()
+    active: dict = {}
+    bar = tqdm(total=len(todo), unit="trial", desc="trials", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+
+    def claim(config: dict, key: str) -> Active | None:
+        tags = dict(static_tags, trial_key=key, heartbeat=f"{time.time():.0f}")
+        run_id, start_time = tracker.create_run(exp_id, run_name(config), params_of(config), tags)
+        mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
+        if tracking.winner(mine, tracker.trial_runs(exp_id, key), args.orphan_timeout) is not None:
+            tracker.delete_run(run_id)
+            return None
+        return Active(config, key, run_id, start_time)
+
+    def finish(state: Active, status: str, reason: str | None = None) -> None:
+        if status == "FINISHED":
+            mine = tracking.RunInfo(state.run_id, state.key, "RUNNING", state.start_time, sweep_id, driver, time.time())
+            if tracking.winner(mine, tracker.trial_runs(exp_id, state.key), args.orphan_timeout) is not None:
+                tracker.delete_run(state.run_id)
+                outcome.yielded += 1
+                return
+        tracker.end_run(state.run_id, status, reason)
+        if status == "FINISHED":
+            outcome.finished += 1
+        else:
+            outcome.failed += 1
+            outcome.failures.append(f"{run_name(state.config)}: {reason}")
+            bar.set_postfix(failed=outcome.failed, refresh=False)
+
+    def handle(gen, state: Active) -> bool:
+        """Take one streamed item of ``gen``; True when the trial is over."""
+        try:
+            item = ray.get(next(gen))
+        except StopIteration:
+            finish(state, "FAILED", "the task ended without reporting its result")
+            return True
+        except ray.exceptions.RayError as exc:
+            finish(state, "FAILED", _task_error(exc))
+            return True
+        if "epochs" in item:
+            fresh = [rec for rec in item["epochs"] if rec[0] not in state.epochs_logged]
+            tags = {"heartbeat": f"{time.time():.0f}"}
+            if not state.node_tagged:
+                tags.update(item["node"])
+                tags.pop("pid", None)
+                state.node_tagged = True
+            tracker.log_epochs(state.run_id, fresh, tags)
+            state.epochs_logged.update(rec[0] for rec in fresh)
+            return False
+        outcome.compute_seconds += item["seconds"]
+        if item["diverged_at"] is not None:
+            finish(state, "FAILED", f"diverged: train_loss is not finite at epoch {item['diverged_at']}")
+        elif len(state.epochs_logged) != state.config["epochs"] + 1:
+            finish(state, "FAILED", f"only {len(state.epochs_logged)} of {state.config['epochs'] + 1} epochs arrived")
+        else:
+            finish(state, "FINISHED")
+        return True
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while todo or active:
+            while todo and len(active) < workers:
+                config, key = todo.popleft()
+                state = claim(config, key)
+                if state is None:
+                    outcome.yielded += 1
+                    bar.update(1)
+                    continue
+                active[train_trial.remote(config, data_ref, args.flush_seconds)] = state
+            if not active:
+                continue
+            ready, _ = ray.wait(list(active), num_returns=1, timeout=1.0)
+            for gen in ready:
+                if handle(gen, active[gen]):
+                    del active[gen]
+                    bar.update(1)
+    except (KeyboardInterrupt, tracking.TrackingUnavailable) as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        bar.close()
+        for gen in active:
+            ray.cancel(gen, force=True)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        ended = 0
+        for state in active.values():
+            try:
+                tracker.end_run(state.run_id, "KILLED" if interrupted else "FAILED",
+                                "interrupted; rerun the sweep to finish this trial" if interrupted
+                                else f"tracking store unavailable: {exc}")
+                ended += 1
+            except tracking.TrackingUnavailable:
+                pass
+        resume = "python -m pipeline.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if interrupted:
+            _say(f"\nInterrupted: {outcome.finished} trial(s) finished, {len(active)} cancelled and ended KILLED. "
+                 f"Resume with the same command: {resume}")
+            return EXIT_INTERRUPTED
+        _say(f"\nerror: MLflow at {uri} stayed unavailable for {args.tracking_retry:.0f}s ({exc}). "
+             f"{outcome.finished} trial(s) were recorded; {len(active) + len(todo)} were not "
+             f"({len(active) - ended} left RUNNING, ended as orphans by the next sweep). "
+             f"Rerun the same command to finish them: {resume}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        bar.close()
+
+    wall = time.perf_counter() - started
+    _say(f"Sweep {sweep_id} done in {wall:.1f} s (Ray and data ready after {ray_seconds:.1f} s): "
+         f"{outcome.finished} run, {skipped} skipped as already FINISHED, {outcome.failed} failed"
+         + (f", {outcome.yielded} left to a concurrent sweep" if outcome.yielded else "")
+         + (f"; MLflow calls retried {tracker.retries} time(s)" if tracker.retries else "") + ".")
+    for line in outcome.failures[:10]:
+        _say(f"  FAILED {line}")
+    _say(f"Open the runs: {ui}")
+    return 1 if outcome.failed else 0
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def _task_error(exc: BaseException) -> str:
+    """One line saying why a task failed: the trial's own exception, or the worker/node that was lost."""
+    import ray
+
+    from pipeline.tasks import MAX_RETRIES
+
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        lines = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {lines[-1] if lines else ''}".strip()
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''} (after {MAX_RETRIES} retries)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Everything the sweep says to MLflow: the experiment, one run per trial, claims, retries and orphans.
+
+The driver is the only writer. Ray tasks only compute and stream their epochs back; the driver creates each
+trial's run just before the task starts, logs the streamed epochs with ``log_batch`` and ends the run. One writer
+means no lock contention on SQLite, a tracking URI that only the driver needs to reach (also on a multi-node
+cluster), and a single place where a flaky tracking server is retried.
+
+Exactly-once across concurrent sweeps: a run is *claimed* by creating it (RUNNING) and then looking at the other
+runs of the same trial_key. A FINISHED one, or a live RUNNING one of another sweep that sorts earlier by
+(start_time, run_id), wins; the loser deletes its own run. The same check is repeated just before a run is marked
+FINISHED, by which time both claims are visible to both sweeps, so exactly one of them finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+
+from pipeline.trials import UsageError
+
+# The MLflow client retries an unreachable server for minutes by default; our own retry loop decides instead.
+for _name, _value in (
+    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "15"),
+):
+    os.environ.setdefault(_name, _value)
+
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUN_KIND_TRIAL = "trial"
+METRIC_NAMES = ("train_acc", "test_acc", "train_loss")
+
+T = TypeVar("T")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The tracking URI: the option, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with a one-line :class:`UsageError` if the tracking store cannot be used. Writes nothing."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+                reply.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UsageError(f"tracking server {uri} is unreachable ({reason})") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"tracking URI {uri}: folder {folder} does not exist")
+    elif "://" in uri and not uri.startswith(("file://", "postgresql", "mysql", "mssql", "databricks")):
+        raise UsageError(f"tracking URI {uri}: unsupported scheme")
+
+
+def store_exists(uri: str) -> bool:
+    """False when the tracking URI is a local SQLite file that does not exist yet (nothing to read)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).expanduser().exists()
+    return True
+
+
+def mlflow_ui_command(uri: str, experiment_id: str | None) -> str:
+    """The command that opens these runs in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/")
+        return f"open {url}/#/experiments/{experiment_id}" if experiment_id else f"open {url}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+# --- the identity of this driver, to tell live sweeps from orphans -------------------------------------------
+
+
+def driver_identity() -> str:
+    """``host:pid:start`` of this process; with it a later sweep on the same host can tell if we are alive."""
+    me = psutil.Process()
+    return f"{socket.gethostname()}:{me.pid}:{int(me.create_time())}"
+
+
+def driver_alive(identity: str) -> bool | None:
+    """True/False for a driver on this host; None when it ran elsewhere (then only its heartbeat tells)."""
+    try:
+        host, pid_text, start_text = identity.rsplit(":", 2)
+        pid, start = int(pid_text), int(start_text)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        return int(psutil.Process(pid).create_time()) == start
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the sweep needs to know about an existing trial run."""
+
+    run_id: str
+    trial_key: str
+    status: str
+    start_time: int
+    sweep_id: str
+    driver: str
+    heartbeat: float
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Claims are ordered by creation time, ties broken by run id."""
+        return (self.start_time, self.run_id)
+
+
+def is_orphan(run: RunInfo, orphan_timeout: float, now: float | None = None) -> bool:
+    """A RUNNING run whose driver is gone (same host), or that has not sent a heartbeat for ``orphan_timeout``."""
+    if run.status != "RUNNING":
+        return False
+    alive = driver_alive(run.driver)
+    if alive is not None:
+        return not alive
+    return ((now or time.time()) - run.heartbeat) > orphan_timeout
+
+
+# --- the tracker -------------------------------------------------------------------------------------------------
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store kept failing for longer than the retry budget."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection problems, server errors and a busy SQLite file are worth retrying; client errors are not."""
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return not (400 <= status < 500) or "database is locked" in str(exc)
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError)) or "locked" in str(exc).lower()
+
+
+class Tracker:
+    """The sweep's MLflow writer: every call is retried with backoff while the store is briefly unavailable."""
+
+    def __init__(self, uri: str, retry_seconds: float = 120.0, on_retry: Callable[[str], None] | None = None):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.retry_seconds = retry_seconds
+        self.on_retry = on_retry
+        self.retries = 0
+
+    def call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run ``fn``; on a transient failure retry with exponential backoff until ``retry_seconds`` have passed."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                if not _is_transient(exc) or time.monotonic() + delay > deadline:
+                    if _is_transient(exc):
+                        raise TrackingUnavailable(f"{what}: {_one_line(exc)}") from exc
+                    raise
+                self.retries += 1
+                if self.on_retry:
+                    self.on_retry(f"MLflow {what} failed ({_one_line(exc)}); retrying in {delay:.1f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # experiments -------------------------------------------------------------------------------------------
+
+    def find_experiment_id(self, name: str) -> str | None:
+        """The id of an active experiment, None if there is none; a deleted one is a usage error."""
+        exp = self.call("get experiment", self.client.get_experiment_by_name, name)
+        if exp is None:
+            return None
+        if exp.lifecycle_stage != "active":
+            raise UsageError(f"experiment {name!r} is deleted; restore it (mlflow experiments restore) or pick --experiment")
+        return exp.experiment_id
+
+    def ensure_experiment(self, name: str) -> str:
+        """Get or create the experiment (two sweeps creating it at once both end up with the same one)."""
+        exp_id = self.find_experiment_id(name)
+        if exp_id is not None:
+            return exp_id
+        try:
+            return self.call(
+                "create experiment",
+                self.client.create_experiment,
+                name,
+                tags={"mlflow.note.content": "Batch-normalization weight-scale sweep (bnsweep). One run per trial."},
+            )
+        except MlflowException:
+            exp_id = self.find_experiment_id(name)
+            if exp_id is None:
+                raise
+            return exp_id
+
+    # reading runs ------------------------------------------------------------------------------------------
+
+    def trial_runs(self, experiment_id: str, trial_key: str | None = None) -> list[RunInfo]:
+        """The active trial runs of the experiment (of one trial_key if given), all pages."""
+        flt = f"tags.run_kind = '{RUN_KIND_TRIAL}'"
+        if trial_key is not None:
+            flt += f" and tags.trial_key = '{trial_key}'"
+        out: list[RunInfo] = []
+        token = None
+        while True:
+            page = self.call(
+                "search runs",
+                self.client.search_runs,
+                [experiment_id],
+                filter_string=flt,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=50000,
+                page_token=token,
+            )
+            for run in page:
+                tags = run.data.tags
+                out.append(
+                    RunInfo(
+                        run_id=run.info.run_id,
+                        trial_key=tags.get("trial_key", ""),
+                        status=run.info.status,
+                        start_time=int(run.info.start_time or 0),
+                        sweep_id=tags.get("sweep_id", ""),
+                        driver=tags.get("driver", ""),
+                        heartbeat=float(tags.get("heartbeat", 0) or 0),
+                    )
+                )
+            token = page.token
+            if not token:
+                return out
+
+    # writing runs ------------------------------------------------------------------------------------------
+
+    def create_run(
+        self, experiment_id: str, name: str, params: dict[str, str], tags: dict[str, str]
+    ) -> tuple[str, int]:
+        """Create a RUNNING trial run with its params and tags; returns its run id and start time (ms)."""
+        start_time = int(time.time() * 1000)
+        run = self.call(
+            "create run",
+            self.client.create_run,
+            experiment_id,
+            start_time=start_time,
+            tags=tags,
+            run_name=name,
+        )
+        run_id = run.info.run_id
+        self.call(
+            "log params",
+            self.client.log_batch,
+            run_id,
+            params=[Param(k, v) for k, v in params.items()],
+        )
+        return run_id, start_time
+
+    def log_epochs(self, run_id: str, records: Iterable[tuple[int, dict[str, float], int]], tags: dict[str, str]) -> None:
+        """Log a batch of epochs (epoch, metrics, timestamp ms) and tags in one round trip.
+
+        Timestamps come from the worker, so a retried batch is identical and MLflow drops the duplicates.
+        """
+        metrics = [
+            Metric(name, float(value), timestamp, epoch)
+            for epoch, values, timestamp in records
+            for name, value in values.items()
+        ]
+        self.call(
+            "log metrics",
+            self.client.log_batch,
+            run_id,
+            metrics=metrics,
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+
+    def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """End a run FINISHED, FAILED or KILLED (with a one-line reason tag when not FINISHED)."""
+        if reason:
+            self.call("set tag", self.client.set_tag, run_id, "failure_reason", _one_line(reason)[:4000])
+        self.call("end run", self.client.set_terminated, run_id, status=status)
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a claim that lost to another sweep (it never becomes a result)."""
+        self.call("delete run", self.client.delete_run, run_id)
+
+
+def winner(mine: RunInfo, others: Iterable[RunInfo], orphan_timeout: float) -> RunInfo | None:
+    """The run that beats ``mine`` for the same trial, or None if ``mine`` may go on.
+
+    A FINISHED run always wins; a live RUNNING run of another sweep wins if it was claimed earlier.
+    """
+    best: RunInfo | None = None
+    for other in others:
+        if other.run_id == mine.run_id:
+            continue
+        if other.status == "FINISHED":
+            return other
+        if other.sweep_id == mine.sweep_id:
+            continue  # a claim of our own (a retried create): never a rival
+        if other.status == "RUNNING" and not is_orphan(other, orphan_timeout) and other.order < mine.order:
+            best = other if best is None or other.order < best.order else best
+    return best
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first if isinstance(exc, str) else f"{type(exc).__name__}: {first}"

@@ -1,0 +1,136 @@
+"""Trials: what one trial is, its identity (the trial key), the grid of a sweep, and parsing of CLI values.
+
+A trial is one (weight_scale, use_batchnorm, seed) with the sweep's fixed hyperparameters. Its config is a plain
+JSON-able dict (see docs/design.md); the same dict is what the Ray task trains and what MLflow shows as params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+#: Bump when the meaning of a config field changes, so old runs are not mistaken for new trials.
+TRIAL_SCHEMA = 1
+
+#: The book's grid: 16 weight scales from 1 down to 1e-4, evenly spaced in log space.
+DEFAULT_WEIGHT_SCALES: tuple[float, ...] = tuple(float(w) for w in np.logspace(0, -4, 16))
+
+#: The order in which config fields are shown and logged as params.
+PARAM_ORDER = (
+    "weight_scale",
+    "use_batchnorm",
+    "seed",
+    "dataset",
+    "train_size",
+    "test_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "hidden_size_list",
+    "activation",
+    "dtype",
+)
+
+
+class UsageError(ValueError):
+    """A bad value given by the user; the CLI prints it as one line and exits 2."""
+
+
+def trial_key(config: dict) -> str:
+    """Return the stable identity of a trial: a short hash of its full config (and the schema version)."""
+    payload = dict(config, schema=TRIAL_SCHEMA)
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_name(config: dict) -> str:
+    """A readable MLflow run name, e.g. ``w=0.01 bn seed=3``."""
+    arm = "bn" if config["use_batchnorm"] else "plain"
+    return f"w={config['weight_scale']:.4g} {arm} seed={config['seed']}"
+
+
+def params_of(config: dict) -> dict[str, str]:
+    """The config as MLflow params (strings that read well in the UI and parse back exactly)."""
+    out: dict[str, str] = {}
+    for name in PARAM_ORDER:
+        value = config[name]
+        out[name] = repr(value) if isinstance(value, float) else str(value)
+    return out
+
+
+def make_grid(
+    base: dict,
+    weight_scales: Sequence[float],
+    batchnorm: Sequence[bool],
+    seeds: Sequence[int],
+) -> list[dict]:
+    """Every trial config of a sweep, ordered seed-major so that early results already pair both arms.
+
+    ``base`` holds the fixed hyperparameters; each trial adds ``weight_scale``, ``use_batchnorm`` and ``seed``.
+    """
+    trials = []
+    for seed in seeds:
+        for w in weight_scales:
+            for bn in batchnorm:
+                config = dict(base, weight_scale=float(w), use_batchnorm=bool(bn), seed=int(seed))
+                trials.append({name: config[name] for name in PARAM_ORDER})
+    return trials
+
+
+# --- parsing of CLI values -------------------------------------------------------------------------------
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse ``0-4``, ``0,3,7`` or a mix such as ``0-4,9`` into a sorted list of distinct seeds."""
+    seeds: set[int] = set()
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise UsageError(f"--seeds {text!r}: expected a range like 0-4 or a list like 0,3,7")
+    for part in parts:
+        lo_text, sep, hi_text = part.partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if sep else lo
+        except ValueError:
+            raise UsageError(f"--seeds {text!r}: {part!r} is not a seed or a range like 0-4") from None
+        if lo < 0 or hi < 0:
+            raise UsageError(f"--seeds {text!r}: seeds must be non-negative integers")
+        if hi < lo:
+            raise UsageError(f"--seeds {text!r}: range {part!r} is empty (the end is below the start)")
+        seeds.update(range(lo, hi + 1))
+    return sorted(seeds)
+
+
+def parse_weight_scales(text: str) -> list[float]:
+    """Parse a comma list of positive weight scales (standard deviations of the initial weights)."""
+    scales: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"--weight-scales: {part!r} is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"--weight-scales: {part!r} must be a positive finite number")
+        scales.append(value)
+    return _distinct(scales)
+
+
+def parse_batchnorm(text: str) -> list[bool]:
+    """``on`` -> [True], ``off`` -> [False], ``both`` -> [True, False]."""
+    choices = {"on": [True], "off": [False], "both": [True, False]}
+    if text not in choices:
+        raise UsageError(f"--batchnorm {text!r}: choose on, off or both")
+    return choices[text]
+
+
+def _distinct(values: Iterable[float]) -> list[float]:
+    seen: list[float] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen

@@ -1,0 +1,56 @@
+"""Helpers for the sweep tests: run the real CLI in a subprocess and read back what MLflow holds."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parent.parent
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+#: A small real sweep: 2 scales x both arms x 2 seeds, 2 epochs, 200 Fashion-MNIST samples.
+SMALL = [
+    "--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR),
+    "--weight-scales", "0.1,0.01", "--batchnorm", "both", "--seeds", "0-1",
+    "--epochs", "2", "--train-size", "200", "--test-size", "100", "--workers", "2",
+]
+
+
+def sweep_env(**extra: str) -> dict[str, str]:
+    """The environment of a sweep subprocess: this one, without a tracking URI that could leak in."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def sweep_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.sweep", *args]
+
+
+def run_sweep(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m pipeline.sweep ARGS`` to completion and return its result (text output)."""
+    return subprocess.run(sweep_cmd(*args), cwd=cwd, env=env or sweep_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def trial_runs(uri: str, experiment: str, statuses: tuple[str, ...] | None = None) -> list:
+    """Every active trial run of the experiment (optionally of some statuses)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], "tags.run_kind = 'trial'", ViewType.ACTIVE_ONLY,
+                              max_results=10000)
+    return [r for r in runs if statuses is None or r.info.status in statuses]
+
+
+def finished_counts(uri: str, experiment: str) -> collections.Counter:
+    """How many FINISHED runs each trial_key has."""
+    return collections.Counter(r.data.tags["trial_key"] for r in trial_runs(uri, experiment, ("FINISHED",)))

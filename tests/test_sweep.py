@@ -1,0 +1,119 @@
+"""The sweep end to end: real local Ray, real MLflow (SQLite file), real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from model.trial import run_trial
+from pipeline.data import load_dataset
+from pipeline.trials import make_grid, trial_key
+from tests.sweep_helpers import FASHION_DIR, SMALL, finished_counts, run_sweep, trial_runs
+
+EXPERIMENT = "small"
+PARAMS = {"weight_scale", "use_batchnorm", "seed", "epochs", "batch_size", "lr", "optimizer", "train_size",
+          "test_size", "dataset", "hidden_size_list", "dtype", "activation"}
+TAGS = {"trial_key", "sweep_id", "dataset", "dataset_sha256", "code_version", "numpy_version", "ray_node",
+        "run_kind", "driver", "heartbeat"}
+
+
+def expected_keys(seeds: list[int]) -> set[str]:
+    base = {"dataset": "fashion-mnist", "train_size": 200, "test_size": 100, "epochs": 2, "batch_size": 100,
+            "lr": 0.01, "optimizer": "sgd", "hidden_size_list": [100] * 5, "activation": "relu", "dtype": "float64"}
+    return {trial_key(c) for c in make_grid(base, [0.1, 0.01], [True, False], seeds)}
+
+
+def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnist_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = run_sweep(*SMALL, "--tracking-uri", uri, "--experiment", EXPERIMENT, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "8 to run" in first.stderr and "8 run, 0 skipped" in first.stderr
+    assert f"mlflow ui --backend-store-uri {uri}" in first.stderr
+
+    runs = trial_runs(uri, EXPERIMENT)
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+    assert set(finished_counts(uri, EXPERIMENT)) == expected_keys([0, 1])
+    names = {r.info.run_name for r in runs}
+    assert names == {f"w={w} {arm} seed={s}" for w in ("0.1", "0.01") for arm in ("bn", "plain") for s in (0, 1)}
+
+    client = MlflowClient(uri)
+    ((x_tr, t_tr), (x_te, t_te)) = load_dataset("fashion-mnist", FASHION_DIR)
+    for run in runs:
+        p, tags = run.data.params, run.data.tags
+        assert PARAMS <= set(p), PARAMS - set(p)
+        assert TAGS <= set(tags), TAGS - set(tags)
+        assert p["dataset"] == "fashion-mnist" and p["epochs"] == "2" and p["train_size"] == "200"
+        assert p["hidden_size_list"] == "[100, 100, 100, 100, 100]" and p["dtype"] == "float64"
+        assert tags["dataset"] == "fashion-mnist" and len(tags["dataset_sha256"]) == 64
+        assert tags["numpy_version"] == np.__version__ and tags["run_kind"] == "trial"
+        assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+        # Every metric at every epoch, exactly once, and equal to training the same trial here.
+        config = {"weight_scale": float(p["weight_scale"]), "use_batchnorm": p["use_batchnorm"] == "True",
+                  "seed": int(p["seed"]), "dataset": "fashion-mnist", "train_size": 200, "test_size": 100,
+                  "epochs": 2, "batch_size": 100, "lr": 0.01, "optimizer": "sgd",
+                  "hidden_size_list": [100] * 5, "activation": "relu", "dtype": "float64"}
+        assert tags["trial_key"] == trial_key(config)
+        history = run_trial(config, x_tr, t_tr, x_te, t_te)
+        for name in ("train_acc", "test_acc", "train_loss"):
+            points = client.get_metric_history(run.info.run_id, name)
+            assert sorted(m.step for m in points) == [0, 1, 2], name
+            logged = [m.value for m in sorted(points, key=lambda m: m.step)]
+            assert np.allclose(logged, getattr(history, name), rtol=0, atol=1e-12), name
+
+    again = run_sweep(*SMALL, "--tracking-uri", uri, "--experiment", EXPERIMENT, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to run" in again.stderr
+    assert len(trial_runs(uri, EXPERIMENT)) == 8
+
+    args = [a if a != "0-1" else "0-2" for a in SMALL]
+    more = run_sweep(*args, "--tracking-uri", uri, "--experiment", EXPERIMENT, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "8 already FINISHED, 4 to run" in more.stderr
+    counts = finished_counts(uri, EXPERIMENT)
+    assert set(counts) == expected_keys([0, 1, 2]) and set(counts.values()) == {1}
+    assert len({r.data.tags["sweep_id"] for r in trial_runs(uri, EXPERIMENT)}) == 2
+
+
+def test_dry_run_starts_nothing_and_writes_nothing(fashion_mnist_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = run_sweep(*SMALL, "--tracking-uri", uri, "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "8 would run" in out.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(fashion_mnist_dir, tmp_path):
+    """A huge learning rate makes the plain net's loss overflow: FAILED with the reason; the rest finish."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "1,0.01",
+            "--batchnorm", "off", "--seeds", "0", "--epochs", "3", "--train-size", "200", "--test-size", "100",
+            "--lr", "1e6", "--workers", "2"]
+    out = run_sweep(*args, "--tracking-uri", uri, "--experiment", "diverge", cwd=tmp_path)
+    runs = trial_runs(uri, "diverge")
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert failed, out.stderr
+    assert out.returncode == 1
+    for run in failed:
+        assert run.data.tags["failure_reason"].startswith("diverged"), run.data.tags
+        assert "FAILED" in out.stderr
+    assert all(math.isnan(v) or v >= 0 for r in runs for v in r.data.metrics.values())
+
+
+@pytest.mark.parametrize("extra", [["--workers", "16"]])
+def test_sixteen_trials_at_once_into_sqlite_lose_and_duplicate_nothing(fashion_mnist_dir, tmp_path, extra):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
+            "--seeds", "0-3", "--epochs", "3", "--train-size", "200", "--test-size", "100",
+            "--flush-seconds", "0.01", *extra]
+    out = run_sweep(*args, "--tracking-uri", uri, "--experiment", "many", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    runs = trial_runs(uri, "many")
+    counts = finished_counts(uri, "many")
+    assert len(runs) == 16 and len(counts) == 16 and set(counts.values()) == {1}
+    client = MlflowClient(uri)
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_acc")]
+        assert sorted(steps) == [0, 1, 2, 3]

@@ -1,0 +1,125 @@
+"""Faults on one machine: a worker process killed mid-trial, the driver killed mid-sweep, Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import psutil
+from mlflow.tracking import MlflowClient
+
+from tests.sweep_helpers import FASHION_DIR, finished_counts, run_sweep, sweep_cmd, sweep_env, trial_runs
+
+#: Trials long enough (a second or two each) to be caught in the middle.
+SLOW = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
+        "--batchnorm", "both", "--epochs", "40", "--train-size", "1000", "--test-size", "200",
+        "--flush-seconds", "0.2", "--workers", "2"]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _trial_workers() -> list[psutil.Process]:
+    """Ray worker processes executing a trial right now (Ray titles them after the running task)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith("ray::train_trial"):
+            found.append(proc)
+    return found
+
+
+def _assert_each_trial_finished_once_with_full_history(uri: str, experiment: str, n_trials: int, epochs: int):
+    counts = finished_counts(uri, experiment)
+    assert len(counts) == n_trials and set(counts.values()) == {1}, counts
+    client = MlflowClient(uri)
+    for run in trial_runs(uri, experiment, ("FINISHED",)):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc"))
+        assert steps == list(range(epochs + 1)), (run.info.run_name, steps)
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_logged_exactly_once(fashion_mnist_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.Popen(sweep_cmd(*SLOW, "--seeds", "0", "--tracking-uri", uri, "--experiment", "kill-worker"),
+                            cwd=tmp_path, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait until a trial has streamed some epochs, then kill the worker that runs it.
+        client = MlflowClient(uri)
+
+        def streaming_worker():
+            runs = trial_runs(uri, "kill-worker", ("RUNNING",)) if (tmp_path / "mlflow.db").exists() else []
+            started = [r for r in runs if client.get_metric_history(r.info.run_id, "train_acc")]
+            workers = _trial_workers()
+            return workers[0] if started and workers else None
+
+        victim = _wait_for(streaming_worker, 120, "a trial to stream epochs")
+        victim.kill()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    _assert_each_trial_finished_once_with_full_history(uri, "kill-worker", 4, 40)
+    assert len(trial_runs(uri, "kill-worker")) == 4  # the retried task kept its one run
+
+
+def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_reruns(fashion_mnist_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*SLOW, "--seeds", "0-1", "--tracking-uri", uri, "--experiment", "kill-driver"]
+    proc = subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=sweep_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def mid_sweep():
+            if not (tmp_path / "mlflow.db").exists():
+                return False
+            runs = trial_runs(uri, "kill-driver")
+            statuses = [r.info.status for r in runs]
+            return "FINISHED" in statuses and "RUNNING" in statuses
+
+        _wait_for(mid_sweep, 180, "one trial finished and one running")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    before = {r.info.run_id: r.info.status for r in trial_runs(uri, "kill-driver")}
+    orphans = [run_id for run_id, status in before.items() if status == "RUNNING"]
+    assert orphans and len(before) < 8
+
+    again = run_sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"Ended {len(orphans)} orphaned RUNNING run(s)" in again.stderr
+    _assert_each_trial_finished_once_with_full_history(uri, "kill-driver", 8, 40)
+    client = MlflowClient(uri)
+    for run_id in orphans:
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["failure_reason"].startswith("orphaned")
+
+
+def test_ctrl_c_ends_unfinished_runs_killed_exits_130_and_rerun_finishes(fashion_mnist_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*SLOW, "--seeds", "0-1", "--tracking-uri", uri, "--experiment", "ctrl-c"]
+    proc = subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=sweep_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (tmp_path / "mlflow.db").exists()
+                  and any(r.info.status == "RUNNING" for r in trial_runs(uri, "ctrl-c")), 180, "a running trial")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Resume with the same command" in err
+    statuses = [r.info.status for r in trial_runs(uri, "ctrl-c")]
+    assert "RUNNING" not in statuses and "KILLED" in statuses
+
+    again = run_sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    _assert_each_trial_finished_once_with_full_history(uri, "ctrl-c", 8, 40)
