@@ -2,8 +2,8 @@
 
 from model.network import MultiLayerNet
 from model.optimizers import OPTIMIZERS, SGD, AdaGrad, Adam, Momentum, make_optimizer
-from model.training import History, train
-from model.trial import run_trial
+from model.training import History, iter_epochs, train
+from model.trial import iter_trial, run_trial
 
 __all__ = [
     "OPTIMIZERS",
@@ -13,6 +13,8 @@ __all__ = [
     "History",
     "Momentum",
     "MultiLayerNet",
+    "iter_epochs",
+    "iter_trial",
     "make_optimizer",
     "run_trial",
     "train",

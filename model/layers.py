@@ -29,7 +29,7 @@ class Affine:
     """``out = x @ W + b``.
 
     ``need_dx=False`` is for the first layer of a network: the gradient with respect to the network
-    input is never used, and computing it (a batch x 784 x 100 matrix product) would be a third of the
+    input is never used, and computing it (a batch x 100 x 784 matrix product) would double the
     first layer's backward cost.
     """
 
@@ -110,30 +110,31 @@ class BatchNormalization:
         # zeros until the first training batch, as the book's lazy initialisation
         self.running_mean = np.zeros_like(gamma) if running_mean is None else running_mean
         self.running_var = np.zeros_like(gamma) if running_var is None else running_var
-        # kept for backward
-        self.xn: np.ndarray | None = None
-        self.std: np.ndarray | None = None
+        # kept for backward: the centred input and 1 / sqrt(var + eps) of the last training batch
+        self.xc: np.ndarray | None = None
+        self.inv_std: np.ndarray | None = None
         self.dgamma: np.ndarray | None = None
         self.dbeta: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        if train:
-            mu = x.mean(axis=0)
-            xn = x - mu  # centred; normalized in place below (one temporary instead of two)
-            var = np.einsum("ij,ij->j", xn, xn) / x.shape[0]  # biased variance, without an xc**2 temporary
-            std = np.sqrt(var + self.eps)
-            xn /= std
-            self.xn, self.std = xn, std
-            m = self.momentum
-            self.running_mean = m * self.running_mean + (1.0 - m) * mu
-            self.running_var = m * self.running_var + (1.0 - m) * var
-            out = xn * self.gamma
-            out += self.beta
+        if not train:
+            scale, shift = self.inference_scale_shift()
+            out = x * scale
+            out += shift
             return out
 
-        scale, shift = self.inference_scale_shift()
-        out = x * scale
-        out += shift
+        n = x.shape[0]
+        mu = x.sum(axis=0) / n
+        xc = x - mu
+        var = np.einsum("ij,ij->j", xc, xc) / n  # biased variance; einsum avoids an xc**2 temporary
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        m = self.momentum
+        self.running_mean = m * self.running_mean + (1.0 - m) * mu
+        self.running_var = m * self.running_var + (1.0 - m) * var
+        self.xc, self.inv_std = xc, inv_std
+        # gamma * xn + beta with xn = xc * inv_std, without materialising xn (one pass less)
+        out = xc * (self.gamma * inv_std)
+        out += self.beta
         return out
 
     def inference_scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
@@ -144,16 +145,17 @@ class BatchNormalization:
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         # The book's step-by-step graph (dxn, dxc, dstd, dvar, dmu) collapses to
-        #   dx = gamma / (N * std) * (N * dout - dbeta - xn * dgamma),
-        # the same derivative with two batch-sized temporaries instead of six.
+        #   dx = gamma * inv_std * (dout - dbeta / N - xn * dgamma / N),   xn = xc * inv_std,
+        # the same derivative with two batch-sized temporaries instead of six; per-feature factors
+        # are folded into small vectors first.
         n = dout.shape[0]
-        xn = self.xn
+        xc, inv_std = self.xc, self.inv_std
         self.dbeta = dout.sum(axis=0)
-        self.dgamma = np.einsum("ij,ij->j", xn, dout)
-        dx = dout * float(n)
-        dx -= self.dbeta
-        dx -= xn * self.dgamma
-        dx *= self.gamma / (n * self.std)
+        self.dgamma = np.einsum("ij,ij->j", xc, dout) * inv_std  # sum(xn * dout)
+        scale = self.gamma * inv_std
+        dx = dout * scale
+        dx -= scale * self.dbeta / n
+        dx -= xc * (scale * inv_std * self.dgamma / n)
         return dx
 
 

@@ -32,8 +32,7 @@ def init_scale(weight_init_std: float | str, fan_in: int) -> float:
         key = weight_init_std.lower()
         if key not in _NAMED_INITS:
             raise ValueError(
-                f"weight_init_std must be a positive number or one of {sorted(_NAMED_INITS)}, "
-                f"got {weight_init_std!r}"
+                f"weight_init_std must be a positive number or one of {sorted(_NAMED_INITS)}, got {weight_init_std!r}"
             )
         return math.sqrt(_NAMED_INITS[key] / fan_in)
     if isinstance(weight_init_std, bool) or not isinstance(weight_init_std, (int, float, np.floating)):
@@ -51,7 +50,8 @@ class MultiLayerNet:
     ``gamma1..gamma{L-1}`` and ``beta1..beta{L-1}``. The layers hold these very arrays, so update them
     in place (as the optimizers do); assigning a new array to ``params[key]`` would not reach the layers.
 
-    Weights are drawn W1, W2, ... from ``rng`` (a Generator or an int seed) in float64, ``N(0, std^2)``,
+    Weights are drawn W1, W2, ... from ``rng`` (a Generator or an int seed; None takes fresh OS entropy,
+    not reproducible) in float64, ``N(0, std^2)``,
     then cast to ``dtype``; batchnorm draws nothing, so a batchnorm net and a plain net built with the
     same seed get identical W and b. Dropout masks come from the same rng, after the weights.
     """
@@ -108,9 +108,7 @@ class MultiLayerNet:
         for idx in range(1, self.hidden_layer_num + 1):
             size = self.hidden_size_list[idx - 1]
             # the first layer's input is the data: its gradient is never needed
-            self.layers[f"Affine{idx}"] = Affine(
-                self.params[f"W{idx}"], self.params[f"b{idx}"], need_dx=idx > 1
-            )
+            self.layers[f"Affine{idx}"] = Affine(self.params[f"W{idx}"], self.params[f"b{idx}"], need_dx=idx > 1)
             if self.use_batchnorm:
                 self.params[f"gamma{idx}"] = np.ones(size, dtype=self.dtype)
                 self.params[f"beta{idx}"] = np.zeros(size, dtype=self.dtype)
@@ -124,9 +122,7 @@ class MultiLayerNet:
             if self.use_dropout:
                 self.layers[f"Dropout{idx}"] = Dropout(dropout_ratio, rng=rng)
         last = self.hidden_layer_num + 1
-        self.layers[f"Affine{last}"] = Affine(
-            self.params[f"W{last}"], self.params[f"b{last}"], need_dx=last > 1
-        )
+        self.layers[f"Affine{last}"] = Affine(self.params[f"W{last}"], self.params[f"b{last}"], need_dx=last > 1)
         self.last_layer = SoftmaxWithLoss()
 
     # -- forward -------------------------------------------------------------------------------
@@ -168,7 +164,8 @@ class MultiLayerNet:
         return 0.5 * self.weight_decay_lambda * total
 
     def loss(self, x: np.ndarray, t: np.ndarray, train: bool = True) -> float:
-        """Cross-entropy loss plus weight decay; in training mode it also prepares ``backward``."""
+        """Cross-entropy loss plus weight decay; in training mode (the default here, unlike the book's
+        ``train_flg=False``) it uses batch statistics and prepares ``backward``."""
         y = self.predict(x, train)
         return self.last_layer.forward(y, t) + self.weight_decay()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -10,9 +11,18 @@ import numpy as np
 from model.layers import as_labels
 from model.network import ACTIVATIONS, DTYPES, MultiLayerNet
 from model.optimizers import OPTIMIZERS, make_optimizer
-from model.training import Callback, History, train
+from model.training import Callback, History, iter_epochs
 
-__all__ = ["DATASETS", "DEFAULT_CONFIG", "build_trial", "run_trial", "trial_rngs", "validate_config"]
+__all__ = [
+    "DATASETS",
+    "DEFAULT_CONFIG",
+    "NUM_CLASSES",
+    "build_trial",
+    "iter_trial",
+    "run_trial",
+    "trial_rngs",
+    "validate_config",
+]
 
 NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10}
 DATASETS = tuple(NUM_CLASSES)
@@ -111,20 +121,8 @@ def build_trial(config: dict[str, Any], input_size: int, output_size: int):
     return net, make_optimizer(cfg["optimizer"], float(cfg["lr"])), order_rng, cfg
 
 
-def run_trial(
-    config: dict[str, Any],
-    x_train: np.ndarray,
-    t_train: np.ndarray,
-    x_test: np.ndarray,
-    t_test: np.ndarray,
-    callback: Callback | None = None,
-) -> History:
-    """Train the net a trial config describes and return its learning curves.
-
-    Uses the first ``train_size`` training and the first ``test_size`` test samples of the arrays
-    given (ValueError if there are fewer). The net has one output per class of the config's dataset
-    (10 for both); labels must be integers in that range or one-hot rows of that width."""
-    cfg = validate_config(config)
+def _trial_data(cfg: dict[str, Any], x_train, t_train, x_test, t_test) -> tuple[np.ndarray, ...]:
+    """The first ``train_size`` / ``test_size`` samples of each split, checked."""
     x_train, t_train = np.asarray(x_train), np.asarray(t_train)
     x_test, t_test = np.asarray(x_test), np.asarray(t_test)
     for split, x, t, size_key in (
@@ -148,9 +146,23 @@ def run_trial(
         labels = as_labels(t)
         if (t.ndim == 2 and t.shape[1] != num_classes) or labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(f"{split} labels must be classes 0..{num_classes - 1} of {cfg['dataset']}")
+    return x_train, t_train, x_test, t_test
 
-    net, optimizer, order_rng, cfg = build_trial(cfg, x_train.shape[1], num_classes)
-    return train(
+
+def iter_trial(
+    config: dict[str, Any],
+    x_train: np.ndarray,
+    t_train: np.ndarray,
+    x_test: np.ndarray,
+    t_test: np.ndarray,
+) -> Iterator[tuple[int, dict[str, float]]]:
+    """Train the net a trial config describes, yielding ``(epoch, record)`` per epoch (see
+    ``model.training.iter_epochs``); the config and data are checked at the call. Data and
+    labels as for ``run_trial``."""
+    cfg = validate_config(config)
+    x_train, t_train, x_test, t_test = _trial_data(cfg, x_train, t_train, x_test, t_test)
+    net, optimizer, order_rng, cfg = build_trial(cfg, x_train.shape[1], NUM_CLASSES[cfg["dataset"]])
+    return iter_epochs(
         net,
         optimizer,
         x_train,
@@ -160,5 +172,26 @@ def run_trial(
         epochs=cfg["epochs"],
         batch_size=cfg["batch_size"],
         rng=order_rng,
-        callback=callback,
     )
+
+
+def run_trial(
+    config: dict[str, Any],
+    x_train: np.ndarray,
+    t_train: np.ndarray,
+    x_test: np.ndarray,
+    t_test: np.ndarray,
+    callback: Callback | None = None,
+) -> History:
+    """Train the net a trial config describes and return its learning curves.
+
+    Uses the first ``train_size`` training and the first ``test_size`` test samples of the arrays
+    given (ValueError if there are fewer). The net has one output per class of the config's dataset
+    (10 for both); labels must be integers in that range or one-hot rows of that width.
+    ``callback(epoch, record)`` as in ``model.training.train``: returning True stops training."""
+    history = History()
+    for epoch, record in iter_trial(config, x_train, t_train, x_test, t_test):
+        history.add(record)
+        if callback is not None and callback(epoch, record):
+            break
+    return history

@@ -152,7 +152,10 @@ class Active:
     run_id: str
     start_time: int
     epochs_logged: set = field(default_factory=set)
-    node_tagged: bool = False
+    buffer: list = field(default_factory=list)
+    last_flush: float = field(default_factory=time.monotonic)
+    node: dict = field(default_factory=dict)
+    node_tagged: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -249,7 +252,7 @@ def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[st
         exp_id = tracker.find_experiment_id(args.experiment)
         if exp_id is not None:
             done = {r.trial_key for r in tracker.trial_runs(exp_id) if r.status == "FINISHED"}
-    todo = [c for c, k in zip(grid, keys) if k not in done]
+    todo = [c for c, k in zip(grid, keys, strict=True) if k not in done]
     print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED in "
           f"experiment {args.experiment!r} at {uri}, {len(todo)} would run.")
     for config in todo[:20]:
@@ -277,11 +280,13 @@ def _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds) -> int:  #
     finished = {r.trial_key for r in existing if r.status == "FINISHED"}
     orphans = [r for r in existing if tracking.is_orphan(r, args.orphan_timeout)]
     for r in orphans:
-        tracker.end_run(r.run_id, "FAILED", f"orphaned: its sweep's driver ({r.driver}) is gone; rerun by sweep {sweep_id}")
+        reason = f"orphaned: its sweep's driver ({r.driver}) is gone; rerun by sweep {sweep_id}"
+        tracker.end_run(r.run_id, "FAILED", reason)
     orphan_ids = {r.run_id for r in orphans}
     running_elsewhere = {r.trial_key for r in existing
                          if r.status == "RUNNING" and r.run_id not in orphan_ids} - finished
-    todo = deque((c, k) for c, k in zip(grid, keys) if k not in finished and k not in running_elsewhere)
+    excluded = finished | running_elsewhere
+    todo = deque((c, k) for c, k in zip(grid, keys, strict=True) if k not in excluded)
     skipped = len(grid) - len(todo) - len(running_elsewhere & set(keys))
     workers = args.workers or cpus
 
@@ -333,6 +338,17 @@ def _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds) -> int:  #
             outcome.failures.append(f"{run_name(state.config)}: {reason}")
             bar.set_postfix(failed=outcome.failed, refresh=False)
 
+    def flush(state: Active) -> None:
+        """Send the epochs buffered for a run, with the heartbeat and where it runs, in one round trip."""
+        tags = {"heartbeat": f"{time.time():.0f}"}
+        node = {k: v for k, v in state.node.items() if k != "pid"}
+        if node != state.node_tagged:
+            tags.update(node)
+            state.node_tagged = node
+        tracker.log_epochs(state.run_id, state.buffer, tags)
+        state.buffer = []
+        state.last_flush = time.monotonic()
+
     def handle(gen, state: Active) -> bool:
         """Take one streamed item of ``gen``; True when the trial is over."""
         try:
@@ -343,16 +359,16 @@ def _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds) -> int:  #
         except ray.exceptions.RayError as exc:
             finish(state, "FAILED", _task_error(exc))
             return True
-        if "epochs" in item:
-            fresh = [rec for rec in item["epochs"] if rec[0] not in state.epochs_logged]
-            tags = {"heartbeat": f"{time.time():.0f}"}
-            if not state.node_tagged:
-                tags.update(item["node"])
-                tags.pop("pid", None)
-                state.node_tagged = True
-            tracker.log_epochs(state.run_id, fresh, tags)
-            state.epochs_logged.update(rec[0] for rec in fresh)
+        if "epoch" in item:
+            if item["epoch"] not in state.epochs_logged:
+                state.buffer.append((item["epoch"], item["metrics"], item["time_ms"]))
+                state.epochs_logged.add(item["epoch"])
+            state.node = item["node"]
+            if time.monotonic() - state.last_flush >= args.flush_seconds:
+                flush(state)
             return False
+        state.node = item["node"]
+        flush(state)
         outcome.compute_seconds += item["seconds"]
         if item["diverged_at"] is not None:
             finish(state, "FAILED", f"diverged: train_loss is not finite at epoch {item['diverged_at']}")
@@ -372,7 +388,7 @@ def _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds) -> int:  #
                     outcome.yielded += 1
                     bar.update(1)
                     continue
-                active[train_trial.remote(config, data_ref, args.flush_seconds)] = state
+                active[train_trial.remote(config, data_ref)] = state
             if not active:
                 continue
             ready, _ = ray.wait(list(active), num_returns=1, timeout=1.0)
@@ -386,23 +402,24 @@ def _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds) -> int:  #
         for gen in active:
             ray.cancel(gen, force=True)
         interrupted = isinstance(exc, KeyboardInterrupt)
-        ended = 0
-        for state in active.values():
-            try:
-                tracker.end_run(state.run_id, "KILLED" if interrupted else "FAILED",
+        ours = []
+        try:
+            # Ask the store rather than our own books: a claim may have been cut off half-way.
+            ours = [r for r in tracker.trial_runs(exp_id) if r.sweep_id == sweep_id and r.status == "RUNNING"]
+            for r in ours:
+                tracker.end_run(r.run_id, "KILLED" if interrupted else "FAILED",
                                 "interrupted; rerun the sweep to finish this trial" if interrupted
                                 else f"tracking store unavailable: {exc}")
-                ended += 1
-            except tracking.TrackingUnavailable:
-                pass
+        except tracking.TrackingUnavailable:
+            pass
         resume = "python -m pipeline.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if interrupted:
-            _say(f"\nInterrupted: {outcome.finished} trial(s) finished, {len(active)} cancelled and ended KILLED. "
+            _say(f"\nInterrupted: {outcome.finished} trial(s) finished, {len(ours)} cancelled and ended KILLED. "
                  f"Resume with the same command: {resume}")
             return EXIT_INTERRUPTED
         _say(f"\nerror: MLflow at {uri} stayed unavailable for {args.tracking_retry:.0f}s ({exc}). "
              f"{outcome.finished} trial(s) were recorded; {len(active) + len(todo)} were not "
-             f"({len(active) - ended} left RUNNING, ended as orphans by the next sweep). "
+             f"(runs left RUNNING are ended as orphans by the next sweep). "
              f"Rerun the same command to finish them: {resume}")
         return 1
     finally:

@@ -1,9 +1,8 @@
 """The Ray task: train one trial and stream its epochs back to the driver.
 
-The task is a Ray generator. It yields a batch of epoch records at most every ``flush_seconds`` (and always at
-the end), so a long trial shows progress in the MLflow UI while a short one costs a single round trip. If its
-worker dies, Ray runs it again; training is deterministic and Ray drops the items a retry yields again, so the
-driver sees every epoch exactly once.
+The task is a Ray generator that yields each epoch's metrics as soon as they are measured, so the driver can
+show progress in the MLflow UI while the trial trains. If its worker dies, Ray runs it again; training is
+deterministic and Ray drops the items a retry yields again, so the driver sees every epoch exactly once.
 """
 
 from __future__ import annotations
@@ -35,28 +34,22 @@ def _node() -> dict[str, str]:
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def train_trial(config: dict, data: tuple, flush_seconds: float = 2.0) -> Iterator[dict]:
+def train_trial(config: dict, data: tuple) -> Iterator[dict]:
     """Train ``config`` on ``data`` = (x_train, t_train, x_test, t_test) and yield its progress.
 
-    Yields ``{"epochs": [(epoch, metrics, timestamp_ms), ...], "node": {...}}`` batches, then a final
-    ``{"done": True, "seconds": compute_seconds, "diverged_at": epoch or None, "node": {...}}``.
+    Yields ``{"epoch": e, "metrics": {...}, "time_ms": t, "node": {...}}`` once per epoch (0..epochs), then
+    ``{"done": True, "seconds": compute_seconds, "diverged_at": epoch or None, "node": {...}}``. One item per
+    epoch keeps the items of a retried task identical to the first attempt's, which is what lets Ray drop the
+    ones the driver already has; the driver batches them into MLflow.
     """
     node = _node()
-    batch: list[tuple[int, dict[str, float], int]] = []
-    last_flush = time.monotonic()
     diverged_at = None
     start = time.perf_counter()
     # One BLAS thread per task: N workers then use N cores instead of fighting over them.
     with threadpool_limits(limits=1):
         for epoch, record in iter_trial(config, *data):
-            batch.append((epoch, record, int(time.time() * 1000)))
+            yield {"epoch": epoch, "metrics": record, "time_ms": int(time.time() * 1000), "node": node}
             if not math.isfinite(record["train_loss"]):
                 diverged_at = epoch
                 break
-            if time.monotonic() - last_flush >= flush_seconds:
-                yield {"epochs": batch, "node": node}
-                batch, last_flush = [], time.monotonic()
-    seconds = time.perf_counter() - start
-    if batch:
-        yield {"epochs": batch, "node": node}
-    yield {"done": True, "seconds": seconds, "diverged_at": diverged_at, "node": node}
+    yield {"done": True, "seconds": time.perf_counter() - start, "diverged_at": diverged_at, "node": node}

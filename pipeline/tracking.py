@@ -185,7 +185,9 @@ class Tracker:
         if exp is None:
             return None
         if exp.lifecycle_stage != "active":
-            raise UsageError(f"experiment {name!r} is deleted; restore it (mlflow experiments restore) or pick --experiment")
+            raise UsageError(
+                f"experiment {name!r} is deleted; restore it (mlflow experiments restore) or pick --experiment"
+            )
         return exp.experiment_id
 
     def ensure_experiment(self, name: str) -> str:
@@ -266,7 +268,9 @@ class Tracker:
         )
         return run_id, start_time
 
-    def log_epochs(self, run_id: str, records: Iterable[tuple[int, dict[str, float], int]], tags: dict[str, str]) -> None:
+    def log_epochs(
+        self, run_id: str, records: Iterable[tuple[int, dict[str, float], int]], tags: dict[str, str]
+    ) -> None:
         """Log a batch of epochs (epoch, metrics, timestamp ms) and tags in one round trip.
 
         Timestamps come from the worker, so a retried batch is identical and MLflow drops the duplicates.

@@ -18,13 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 SCHEMA_VERSION = 1
@@ -225,3 +230,56 @@ def log_grid(
                 start += 1000
                 logged.append(LoggedTrial(cfg, run_id, hist))
     return logged
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_mlflow_server(store_uri: str, root: Path | str, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow server`` on 127.0.0.1:<free port> over ``store_uri``; returns (process, url).
+
+    Artifacts are served from ``root/server-artifacts``; the log goes to ``root/server.log``. The server
+    runs in its own process group; stop it with :func:`stop_mlflow_server`. Start it only inside a
+    loopback-only network namespace (house rule).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - the server process writes it until stopped
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
+         "--artifacts-destination", str(root / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}; see {root / 'server.log'}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.25)
+    stop_mlflow_server(proc)
+    raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s; see {root / 'server.log'}")
+
+
+def stop_mlflow_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stop a server from :func:`start_mlflow_server` and its workers (its own process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:  # workers that outlived the parent
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

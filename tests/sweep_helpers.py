@@ -6,6 +6,8 @@ import collections
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from mlflow.entities import ViewType
@@ -54,3 +56,44 @@ def trial_runs(uri: str, experiment: str, statuses: tuple[str, ...] | None = Non
 def finished_counts(uri: str, experiment: str) -> collections.Counter:
     """How many FINISHED runs each trial_key has."""
     return collections.Counter(r.data.tags["trial_key"] for r in trial_runs(uri, experiment, ("FINISHED",)))
+
+
+class SweepProcess:
+    """A sweep running in the background; its stderr is collected line by line as it comes."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict | None = None):
+        self.proc = subprocess.Popen(sweep_cmd(*args), cwd=cwd, env=env or sweep_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_started(self, timeout: float = 120) -> None:
+        """Wait until the sweep has planned (its store exists and is migrated: safe to open from a test)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "trials in the grid" in self.output:
+                return
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError(f"sweep exited with {self.proc.returncode} before starting:\n{self.output}")
+            time.sleep(0.05)
+        raise AssertionError(f"sweep did not start in {timeout}s:\n{self.output}")
+
+    def wait(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import psutil
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import FASHION_DIR, finished_counts, run_sweep, sweep_cmd, sweep_env, trial_runs
+from tests.sweep_helpers import FASHION_DIR, SweepProcess, finished_counts, run_sweep, trial_runs
 
 #: Trials long enough (a second or two each) to be caught in the middle.
 SLOW = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
@@ -48,24 +47,23 @@ def _assert_each_trial_finished_once_with_full_history(uri: str, experiment: str
 
 def test_a_worker_killed_mid_trial_is_retried_and_logged_exactly_once(fashion_mnist_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = subprocess.Popen(sweep_cmd(*SLOW, "--seeds", "0", "--tracking-uri", uri, "--experiment", "kill-worker"),
-                            cwd=tmp_path, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = SweepProcess(*SLOW, "--seeds", "0", "--tracking-uri", uri, "--experiment", "kill-worker", cwd=tmp_path)
     try:
-        # Wait until a trial has streamed some epochs, then kill the worker that runs it.
+        sweep.wait_started()
         client = MlflowClient(uri)
 
         def streaming_worker():
-            runs = trial_runs(uri, "kill-worker", ("RUNNING",)) if (tmp_path / "mlflow.db").exists() else []
-            started = [r for r in runs if client.get_metric_history(r.info.run_id, "train_acc")]
+            """A worker whose trial has already sent epochs to MLflow."""
+            running = trial_runs(uri, "kill-worker", ("RUNNING",))
+            started = [r for r in running if client.get_metric_history(r.info.run_id, "train_acc")]
             workers = _trial_workers()
             return workers[0] if started and workers else None
 
-        victim = _wait_for(streaming_worker, 120, "a trial to stream epochs")
-        victim.kill()
-        out, err = proc.communicate(timeout=300)
+        _wait_for(streaming_worker, 120, "a trial to stream epochs").kill()
+        code = sweep.wait(300)
     finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+        sweep.kill()
+    assert code == 0, sweep.output
     _assert_each_trial_finished_once_with_full_history(uri, "kill-worker", 4, 40)
     assert len(trial_runs(uri, "kill-worker")) == 4  # the retried task kept its one run
 
@@ -73,21 +71,19 @@ def test_a_worker_killed_mid_trial_is_retried_and_logged_exactly_once(fashion_mn
 def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_reruns(fashion_mnist_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [*SLOW, "--seeds", "0-1", "--tracking-uri", uri, "--experiment", "kill-driver"]
-    proc = subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=sweep_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    sweep = SweepProcess(*args, cwd=tmp_path)
     try:
+        sweep.wait_started()
+
         def mid_sweep():
-            if not (tmp_path / "mlflow.db").exists():
-                return False
-            runs = trial_runs(uri, "kill-driver")
-            statuses = [r.info.status for r in runs]
+            statuses = [r.info.status for r in trial_runs(uri, "kill-driver")]
             return "FINISHED" in statuses and "RUNNING" in statuses
 
         _wait_for(mid_sweep, 180, "one trial finished and one running")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        sweep.proc.send_signal(signal.SIGKILL)
+        sweep.wait(30)
     finally:
-        proc.kill()
+        sweep.kill()
     before = {r.info.run_id: r.info.status for r in trial_runs(uri, "kill-driver")}
     orphans = [run_id for run_id, status in before.items() if status == "RUNNING"]
     assert orphans and len(before) < 8
@@ -106,17 +102,16 @@ def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_reruns(fash
 def test_ctrl_c_ends_unfinished_runs_killed_exits_130_and_rerun_finishes(fashion_mnist_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [*SLOW, "--seeds", "0-1", "--tracking-uri", uri, "--experiment", "ctrl-c"]
-    proc = subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=sweep_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    sweep = SweepProcess(*args, cwd=tmp_path)
     try:
-        _wait_for(lambda: (tmp_path / "mlflow.db").exists()
-                  and any(r.info.status == "RUNNING" for r in trial_runs(uri, "ctrl-c")), 180, "a running trial")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        sweep.wait_started()
+        _wait_for(lambda: any(r.info.status == "RUNNING" for r in trial_runs(uri, "ctrl-c")), 180, "a running trial")
+        sweep.proc.send_signal(signal.SIGINT)
+        code = sweep.wait(120)
     finally:
-        proc.kill()
-    assert proc.returncode == 130, err
-    assert "Resume with the same command" in err
+        sweep.kill()
+    assert code == 130, sweep.output
+    assert "Resume with the same command" in sweep.output
     statuses = [r.info.status for r in trial_runs(uri, "ctrl-c")]
     assert "RUNNING" not in statuses and "KILLED" in statuses
 

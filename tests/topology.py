@@ -1,4 +1,4 @@
-"""The deployment's topology as real local processes: PostgreSQL, an MLflow server on it, a two-node Ray cluster.
+"""The deployment's topology as real local processes: PostgreSQL, MLflow server on it, a two-node Ray cluster.
 
 This is docker-compose.yml without containers, for the topology and fault tests. Every server binds to
 127.0.0.1 on a free port and keeps its files in a fresh temp folder; every process started here carries an
@@ -42,6 +42,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,8 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
+    # MLflow 3 servers otherwise start a job runner with several worker processes (GenAI jobs; unused here).
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
     "PYTHONUNBUFFERED": "1",
@@ -93,7 +96,7 @@ def _process_env(marker: str, extra: Mapping[str, str] | None = None) -> dict[st
     return env
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -113,7 +116,7 @@ def marked_pids(prefix: str) -> list[int]:
             environ = Path(entry.path, "environ").read_bytes()
         except OSError:
             continue
-        if any(var.startswith(wanted) for var in environ.split(b"\0")) and _is_running(int(entry.name)):
+        if any(var.startswith(wanted) for var in environ.split(b"\0")) and is_running(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -126,10 +129,10 @@ def _signal(pid: int, sig: int) -> None:
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until none of ``pids`` runs; return those still running after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    alive = [p for p in pids if _is_running(p)]
+    alive = [p for p in pids if is_running(p)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-        alive = [p for p in alive if _is_running(p)]
+        alive = [p for p in alive if is_running(p)]
     return alive
 
 
@@ -189,7 +192,7 @@ def _make_tmp(prefix: str) -> Path:
 
 
 def find_postgres_bin() -> Path:
-    """The folder holding ``initdb`` and ``postgres`` of one PostgreSQL version (PATH first, then Debian's)."""
+    """The folder with ``initdb`` and ``postgres`` of one PostgreSQL version (PATH first, then Debian's)."""
     candidates = []
     if found := shutil.which("initdb"):
         candidates.append(Path(found).resolve().parent)
@@ -238,7 +241,8 @@ class PostgresServer:
     def url(self, dbname: str | None = None) -> str:
         """SQLAlchemy/MLflow URI of a database (default: the ``mlflow`` database). The driver is named:
         SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, the project ships psycopg2."""
-        return f"postgresql+psycopg2://{self.user}:{self.password}@{LOOPBACK}:{self.port}/{dbname or self.dbname}"
+        return (f"postgresql+psycopg2://{self.user}:{self.password}@{LOOPBACK}:{self.port}/"
+                f"{dbname or self.dbname}")
 
     def connect(self, dbname: str | None = None, timeout: int = 5):
         """A psycopg2 connection (TCP, password auth)."""
@@ -309,8 +313,8 @@ class PostgresServer:
 def postgres_server(dbname: str = "mlflow", topology_id: str | None = None) -> Iterator[PostgresServer]:
     """A fresh PostgreSQL server with an empty database ``dbname``; removed on exit."""
     root = _make_tmp("bns-pg-")
-    server = PostgresServer(root=root, port=free_port(), marker=f"{topology_id or _new_topology_id()}/postgres",
-                            dbname=dbname)
+    marker = f"{topology_id or _new_topology_id()}/postgres"
+    server = PostgresServer(root=root, port=free_port(), marker=marker, dbname=dbname)
     try:
         server.init()
         server.start()
@@ -321,7 +325,7 @@ def postgres_server(dbname: str = "mlflow", topology_id: str | None = None) -> I
         shutil.rmtree(root, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------------------------ MLflow server
+# ------------------------------------------------------------------------------------------- MLflow server
 
 
 @dataclass
@@ -383,7 +387,8 @@ class MlflowServer:
 
     def stop(self, kill: bool = False, timeout: float = 20.0) -> None:
         """Stop the server: SIGTERM (graceful) or, with ``kill``, SIGKILL (a crash). The store stays."""
-        _stop_process(self.process, self.marker, signal.SIGKILL if kill else signal.SIGTERM, timeout, group=True)
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        _stop_process(self.process, self.marker, sig, timeout, group=True)
         self.process = None
 
     def restart(self, kill: bool = False) -> None:
@@ -467,7 +472,7 @@ class RayCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def subprocess_env(self, base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
-        """``base`` (default: this process's environment) + the auth env + ``extra``, for a driver subprocess."""
+        """``base`` (default: this process's environment) + auth env + ``extra``, for a driver subprocess."""
         env = {k: v for k, v in (os.environ if base is None else base).items()
                if k not in ("RAY_AUTH_TOKEN_PATH", MARKER_ENV)}
         env.update(QUIET_ENV)
@@ -502,6 +507,9 @@ class RayCluster:
         return node
 
     def start_head(self, num_cpus: int = 1, timeout: float = 90.0) -> RayNode:
+        # The head's autoscaler monitor and dashboard also export metrics on fixed ports (44217, 44227).
+        self.extra_env.update({"AUTOSCALER_METRIC_PORT": str(free_port()),
+                               "DASHBOARD_METRIC_PORT": str(free_port())})
         return self._ray_start("head", ["--head", "--port", str(self.port), "--include-dashboard", "false",
                                         "--dashboard-port", str(free_port()),
                                         "--ray-client-server-port", str(free_port()),
@@ -516,8 +524,9 @@ class RayCluster:
     def nodes_info(self, wait_alive: int = -1, timeout: float = 60.0) -> list[dict]:
         """The cluster's nodes as the GCS sees them (``node_id``, ``alive``, ``address``, ``resources``);
         with ``wait_alive`` >= 0, first wait (up to ``timeout`` s) until exactly that many are alive."""
-        done = subprocess.run([sys.executable, "-c", _NODES_SCRIPT, self.address, str(wait_alive), str(timeout)],
-                              env=self.subprocess_env(), capture_output=True, text=True, timeout=timeout + 60)
+        cmd = [sys.executable, "-c", _NODES_SCRIPT, self.address, str(wait_alive), str(timeout)]
+        done = subprocess.run(cmd, env=self.subprocess_env(), capture_output=True, text=True,
+                              timeout=timeout + 60)
         if done.returncode != 0:
             raise TopologyError(f"cannot read the nodes of {self.address}: {done.stderr.strip()[-800:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -529,13 +538,13 @@ class RayCluster:
         """Wait until exactly ``count`` nodes are alive and return them; TopologyError on timeout."""
         alive = [n for n in self.nodes_info(count, timeout) if n["alive"]]
         if len(alive) != count:
-            raise TopologyError(f"expected {count} alive Ray nodes, the GCS reports {len(alive)} after {timeout}s")
+            raise TopologyError(f"want {count} alive Ray nodes, the GCS has {len(alive)} after {timeout}s")
         return alive
 
     def kill_node(self, name: str = "node2", graceful: bool = False, timeout: float = 40.0) -> list[int]:
-        """Take a node down and return the PIDs it had. Default: SIGKILL every process of the node at once (a
-        crashed machine); ``graceful``: SIGTERM to ``ray start`` (the node drains and leaves). Only this node's
-        processes are touched."""
+        """Take a node down and return the PIDs it had. Default: SIGKILL every process of the node at once
+        (a crashed machine); ``graceful``: SIGTERM to ``ray start`` (the node drains and leaves). Only this
+        node's processes are touched."""
         node = self.nodes[name]
         pids = node.pids()
         if graceful:
@@ -589,8 +598,9 @@ def ray_cluster(node2: bool = True, head_cpus: int = 1, node2_cpus: int = 1,
     root = _make_tmp("bnr-")
     cluster = RayCluster(root=root, port=free_port(), topology_id=topology_id or _new_topology_id())
     if fast_failure_detection:
-        cluster.extra_env.update({"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
-                                  "RAY_health_check_timeout_ms": "1000", "RAY_health_check_initial_delay_ms": "0"})
+        cluster.extra_env.update({"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
+                                  "RAY_health_check_failure_threshold": "3",
+                                  "RAY_health_check_initial_delay_ms": "0"})
     try:
         cluster.start_head(num_cpus=head_cpus)
         if node2:
@@ -621,12 +631,22 @@ class Topology:
 
 @contextlib.contextmanager
 def full_topology(**ray_kwargs) -> Iterator[Topology]:
-    """PostgreSQL + MLflow server (on it) + Ray cluster; everything is stopped and removed on exit."""
+    """PostgreSQL + MLflow server (on it) + Ray cluster; everything is stopped and removed on exit.
+
+    The Ray cluster starts in a thread while PostgreSQL and MLflow start in this one (it saves ~10 s).
+    """
     topo_id = _new_topology_id()
     try:
-        with postgres_server(topology_id=topo_id) as pg, \
-                mlflow_server(pg.url(), topology_id=topo_id) as mlf, \
-                ray_cluster(topology_id=topo_id, **ray_kwargs) as ray:
+        with contextlib.ExitStack() as stack:
+            ray_cm = ray_cluster(topology_id=topo_id, **ray_kwargs)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                ray_started = pool.submit(ray_cm.__enter__)
+                try:
+                    pg = stack.enter_context(postgres_server(topology_id=topo_id))
+                    mlf = stack.enter_context(mlflow_server(pg.url(), topology_id=topo_id))
+                finally:
+                    ray = ray_started.result()  # a failed start has cleaned up after itself
+                    stack.push(ray_cm.__exit__)
             yield Topology(topology_id=topo_id, postgres=pg, mlflow=mlf, ray=ray)
     finally:
         kill_marked(topo_id + "/")

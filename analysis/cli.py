@@ -1,0 +1,209 @@
+"""``python -m analysis``: load a sweep from MLflow, write figures, CSVs and report.md, log them to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.errors import AnalysisError
+from analysis.figures import (
+    plot_curves,
+    plot_difference,
+    plot_final_accuracy,
+    plot_grid,
+    save_figure,
+    scale_labels,
+    seeds_text,
+)
+from analysis.load import load_runs, varying_config
+from analysis.report import build_report, describe_data, findings
+from analysis.stats import ALPHA, DEFAULT_WIDTH, arm_summary, final_summary, nearest_scale, paired_comparison
+from analysis.store import cap_http_retries, check_tracking_uri, resolve_tracking_uri
+
+DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
+DEFAULT_CURVES_SCALE = 0.01
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Analyse a batch-norm weight-scale sweep stored in MLflow: mean +- std curves, the 4x4 grid "
+                    "over weight scales, paired BN - plain statistics across seeds, and seeds needed. Writes "
+                    "figures (PNG+SVG), summary.csv, comparison.csv and report.md, and logs them as artifacts of "
+                    "one analysis run (tag run_kind=analysis) in the same experiment.",
+    )
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name of the sweep (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (sqlite:///path.db or http://host:port); default: env "
+                        "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (the sweep's default)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: analysis-out/<experiment>)")
+    p.add_argument("--scale", type=_positive_float, default=DEFAULT_CURVES_SCALE,
+                   help="weight scale for curves.png; the present scale nearest to it in log space is used "
+                        "(default: %(default)s)")
+    p.add_argument("--metric", choices=("train_acc", "test_acc"), default="train_acc",
+                   help="accuracy shown in grid.png (default: %(default)s, as the book)")
+    p.add_argument("--width", type=_positive_float, default=DEFAULT_WIDTH,
+                   help="target full width of a 95%% interval, for the seeds-needed columns (default: %(default)s)")
+    p.add_argument("--alpha", type=_alpha, default=ALPHA,
+                   help="significance level for the Holm-corrected paired tests (default: %(default)s)")
+    p.add_argument("--no-log", action="store_true",
+                   help="write the files only; do not log an analysis run to MLflow (default: log it)")
+    return p
+
+
+def _safe_dirname(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _data_notes(df: pd.DataFrame) -> list[str]:
+    """Duplicates, skipped runs and mixed configs, as report bullet points (also printed)."""
+    notes = []
+    for d in df.attrs.get("duplicates", []):
+        notes.append(f"duplicate trial {d['trial_key']} (W={d['weight_scale']!r}, "
+                     f"{'bn' if d['use_batchnorm'] else 'plain'}, seed {d['seed']}): used run {d['kept_run_id']} "
+                     f"(earliest), ignored {', '.join(d['dropped_run_ids'])}")
+    for s in df.attrs.get("skipped", []):
+        notes.append(f"skipped run {s['run_id']}: {s['reason']}")
+    for col, values in varying_config(df).items():
+        shown = ", ".join(str(v) for v in values[:6]) + (" ..." if len(values) > 6 else "")
+        notes.append(f"warning: param {col} varies across runs ({shown}); runs of one weight scale and arm "
+                     "are pooled regardless")
+    return notes
+
+
+def log_analysis_run(uri: str, experiment_id: str, files: list[Path], params: dict[str, str],
+                     description: str) -> str:
+    """Create one FINISHED run tagged run_kind=analysis holding ``files`` as artifacts; returns its id."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    run = client.create_run(experiment_id, run_name=f"analysis {stamp}",
+                            tags={"run_kind": "analysis", "mlflow.note.content": description})
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        for path in files:
+            client.log_artifact(run_id, str(path))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def run(args: argparse.Namespace) -> int:
+    cap_http_retries()  # before any MLflow client exists
+    uri = resolve_tracking_uri(args.tracking_uri)
+    _say(f"checking tracking store {uri} ...")
+    check_tracking_uri(uri)
+    _say(f"loading FINISHED trial runs of experiment {args.experiment!r} ...")
+    df = load_runs(args.experiment, uri, check_uri=False)
+    if df.empty:
+        raise AnalysisError(f"experiment {args.experiment!r} has no FINISHED trial runs (tag run_kind=trial) "
+                            f"at {uri}")
+    n_runs = df["run_id"].nunique()
+    scales = sorted(df["weight_scale"].unique())
+    t = df.attrs.get("timings_s", {})
+    _say(f"loaded {n_runs} runs ({len(df)} rows, {len(scales)} weight scales) in {sum(t.values()):.1f} s "
+         f"via {df.attrs.get('history_strategy')}")
+    notes = _data_notes(df)
+    for note in notes:
+        _say(note)
+
+    summary = arm_summary(df)
+    comparison = paired_comparison(df, width=args.width, alpha=args.alpha)
+    final = final_summary(df, width=args.width)
+    curves_scale = nearest_scale(scales, args.scale)
+    if abs(curves_scale / args.scale - 1) > 1e-9:
+        _say(f"--scale {args.scale:g} not present; curves.png uses the nearest present scale "
+             f"W={scale_labels([curves_scale])[curves_scale]}")
+
+    out = args.out if args.out is not None else Path("analysis-out") / _safe_dirname(args.experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    context = describe_data(df)
+    written: list[Path] = []
+    figs = {
+        "grid": plot_grid(summary, args.metric, context=context),
+        "curves": plot_curves(summary, curves_scale, context=context),
+        "final_accuracy": plot_final_accuracy(final, context=context),
+        "difference": plot_difference(comparison, context=context, alpha=args.alpha),
+    }
+    for name, fig in figs.items():
+        written += save_figure(fig, out, name)
+    summary.to_csv(out / "summary.csv", index=False)
+    comparison.to_csv(out / "comparison.csv", index=False)
+    written += [out / "summary.csv", out / "comparison.csv"]
+    report = build_report(experiment=args.experiment, tracking_uri=uri, df=df, comparison=comparison, final=final,
+                          figures={name: f"{name}.png" for name in figs}, curves_scale=curves_scale,
+                          metric=args.metric, width=args.width, alpha=args.alpha, notes=notes)
+    (out / "report.md").write_text(report, encoding="utf-8")
+    written.append(out / "report.md")
+    for path in written:
+        print(f"wrote {path}")
+
+    text = findings(comparison, final, alpha=args.alpha, width=args.width)
+    print(text)
+    if not args.no_log:
+        counts = final[final["metric"] == "train_acc"]["n"]
+        params = {
+            "n_runs": n_runs, "n_weight_scales": len(scales), "n_seeds": df["seed"].nunique(),
+            "seeds_per_arm": seeds_text(counts).removeprefix("n = ").removesuffix(" seeds per arm")
+            .removesuffix(" seed per arm"),
+            "n_duplicates": len(df.attrs.get("duplicates", [])), "grid_metric": args.metric,
+            "curves_scale": repr(float(curves_scale)), "width": repr(args.width), "alpha": repr(args.alpha),
+        }
+        run_id = log_analysis_run(uri, df.attrs["experiment_id"], written, params,
+                                  f"Analysis of {n_runs} trial runs.\n\n{text}")
+        print(f"logged analysis run {run_id} (run_kind=analysis) with {len(written)} artifacts to {uri}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # MLflow/server failures: one line, not a traceback
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException | OSError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: {first}", file=sys.stderr)
+            return 1
+        raise

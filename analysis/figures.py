@@ -1,0 +1,292 @@
+"""The figures: the 4x4 grid over weight scales, curves at one scale, final accuracy, the paired difference.
+
+Every function takes the frames of :mod:`analysis.stats` and returns a :class:`matplotlib.figure.Figure`
+(built without pyplot, so no global state and no GUI backend); :func:`save_figure` writes PNG and SVG.
+BatchNorm is always blue and solid, plain always orange and dashed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+ARMS = {True: {"label": "BatchNorm", "color": "tab:blue", "linestyle": "-", "marker": "o"},
+        False: {"label": "plain (no BN)", "color": "tab:orange", "linestyle": "--", "marker": "s"}}
+METRIC_LABELS = {"train_acc": "train accuracy", "test_acc": "test accuracy", "train_loss": "train loss"}
+BAND_ALPHA = 0.22
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _fmt_scale(w: float, digits: int) -> str:
+    if w >= 0.1:
+        return f"{w:.{digits}f}"
+    return f"{w:.{digits}g}"
+
+
+def scale_labels(scales: Iterable[float]) -> dict[float, str]:
+    """Short distinct labels for weight scales: ``1.00``, ``0.54``, ``0.01``, ``0.0001``, ``0.0068``."""
+    scales = sorted(set(float(w) for w in scales))
+    for digits in range(2, 17):
+        labels = {w: _fmt_scale(w, digits) for w in scales}
+        if len(set(labels.values())) == len(scales):
+            return labels
+    return {w: repr(w) for w in scales}
+
+
+def seeds_text(counts: Iterable[int]) -> str:
+    """``n = 5 seeds per arm``, or ``n = 3-5 seeds per arm`` when arms differ."""
+    counts = [int(c) for c in counts]
+    if not counts:
+        return "no seeds"
+    lo, hi = min(counts), max(counts)
+    word = "seed" if hi == 1 else "seeds"
+    return f"n = {lo} {word} per arm" if lo == hi else f"n = {lo}\u2013{hi} {word} per arm"
+
+
+def _final_counts(summary: pd.DataFrame, metric: str) -> pd.Series:
+    """n at each arm's last epoch, index (weight_scale, use_batchnorm)."""
+    s = summary[summary["metric"] == metric]
+    last = s.groupby(["weight_scale", "use_batchnorm"])["epoch"].transform("max")
+    return s[s["epoch"] == last].set_index(["weight_scale", "use_batchnorm"])["n"]
+
+
+def _draw_arm(ax, arm: pd.DataFrame, bn: bool, *, band: bool = True) -> None:
+    style = ARMS[bn]
+    x = arm["epoch"].to_numpy()
+    mean = arm["mean"].to_numpy(dtype=float)
+    std = arm["std"].to_numpy(dtype=float)
+    ax.plot(x, mean, color=style["color"], linestyle=style["linestyle"], linewidth=1.6,
+            label=f"{style['label']} mean", gid=f"mean-{'bn' if bn else 'plain'}")
+    if band and np.isfinite(std).any():
+        ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=BAND_ALPHA, linewidth=0,
+                        label=f"{style['label']} \u00b1 std", gid=f"band-{'bn' if bn else 'plain'}")
+
+
+def _legend_handles(band: bool = True) -> list:
+    handles = []
+    for bn in (True, False):
+        s = ARMS[bn]
+        handles.append(Line2D([], [], color=s["color"], linestyle=s["linestyle"], linewidth=1.6,
+                              label=f"{s['label']}: mean"))
+    if band:
+        handles += [Patch(color=ARMS[bn]["color"], alpha=BAND_ALPHA + 0.1,
+                          label=f"{ARMS[bn]['label']} \u00b1 1 std over seeds") for bn in (True, False)]
+    return handles
+
+
+def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str = "") -> Figure:
+    """Figure 6-19 with uncertainty: one panel per weight scale (largest first), mean +- std per arm.
+
+    ``summary`` is :func:`analysis.stats.arm_summary`. The grid is the smallest near-square one that
+    fits (4x4 for 16 scales). Arms with n < 2 at an epoch get no band there.
+    """
+    s = summary[summary["metric"] == metric]
+    scales = sorted(s["weight_scale"].unique(), reverse=True)
+    if not scales:
+        raise ValueError(f"no {metric} values to plot")
+    labels = scale_labels(scales)
+    k = len(scales)
+    ncols = math.ceil(math.sqrt(k))
+    nrows = math.ceil(k / ncols)
+    fig = Figure(figsize=(2.9 * ncols + 0.6, 2.3 * nrows + 1.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    counts = _final_counts(summary, metric)
+    max_epoch = int(s["epoch"].max())
+    for i, ax in enumerate(axes.flat):
+        if i >= k:
+            fig.delaxes(ax)
+            continue
+        w = scales[i]
+        for bn in (True, False):
+            arm = s[(s["weight_scale"] == w) & (s["use_batchnorm"] == bn)]
+            if not arm.empty:
+                _draw_arm(ax, arm, bn)
+        ax.set_title(f"W={labels[w]}", fontsize=10)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(0, max(max_epoch, 1))
+        ax.grid(alpha=0.3, linewidth=0.5)
+        n_bn, n_plain = counts.get((w, True), 0), counts.get((w, False), 0)
+        if counts.nunique() > 1:  # say n per panel only when it is not the same everywhere
+            ax.text(0.97, 0.04, f"n: BN {n_bn}, plain {n_plain}", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=7, color="0.3")
+        if i % ncols == 0:
+            ax.set_ylabel(metric_label(metric))
+        if i >= k - ncols:
+            ax.set_xlabel("epoch")
+            ax.tick_params(labelbottom=True)
+    title = (f"{metric_label(metric).capitalize()} by initial weight scale W (std of the initial weights): "
+             "BatchNorm vs plain, mean \u00b1 1 std over seeds")
+    sub = ", ".join(p for p in (context, seeds_text(counts.to_numpy())) if p)
+    fig.suptitle(f"{title}\n{sub}", fontsize=11)
+    fig.legend(handles=_legend_handles(), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    return fig
+
+
+def plot_curves(summary: pd.DataFrame, weight_scale: float, *, context: str = "",
+                metrics: Sequence[str] = ("train_acc", "test_acc")) -> Figure:
+    """BN vs plain learning curves (mean +- std) at one weight scale, one panel per metric."""
+    s = summary[np.isclose(summary["weight_scale"], weight_scale, rtol=1e-12, atol=0)]
+    if s.empty:
+        raise ValueError(f"weight scale {weight_scale} not in the summary")
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    counts = []
+    for ax, metric in zip(axes, metrics, strict=True):
+        sm = s[s["metric"] == metric]
+        for bn in (True, False):
+            arm = sm[sm["use_batchnorm"] == bn]
+            if not arm.empty:
+                _draw_arm(ax, arm, bn)
+        counts += _final_counts(sm, metric).tolist() if not sm.empty else []
+        ax.set_title(metric_label(metric).capitalize())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3, linewidth=0.5)
+    label = scale_labels([weight_scale])[float(weight_scale)]
+    sub = ", ".join(p for p in (context, seeds_text(counts)) if p)
+    fig.suptitle(f"Learning curves at W={label}: BatchNorm vs plain, mean \u00b1 1 std over seeds\n{sub}",
+                 fontsize=11)
+    fig.legend(handles=_legend_handles(), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    return fig
+
+
+def _errorbar_arrays(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.vstack([mean - lo, hi - mean])
+
+
+def _log_scale_axis(ax, scales: Sequence[float]) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel("initial weight scale W (log)")
+    lo, hi = min(scales), max(scales)
+    ax.set_xlim(lo / 1.6, hi * 1.6)
+    ax.grid(alpha=0.3, linewidth=0.5, which="major")
+
+
+def plot_final_accuracy(final: pd.DataFrame, *, context: str = "",
+                        metrics: Sequence[str] = ("train_acc", "test_acc")) -> Figure:
+    """Final accuracy against weight scale, BN vs plain: mean with 95% t interval of the mean.
+
+    ``final`` is :func:`analysis.stats.final_summary`. Arms with n = 1 get a point without a bar.
+    """
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    dodge = {True: 10 ** -0.025, False: 10 ** 0.025}
+    no_bar = False
+    for ax, metric in zip(axes, metrics, strict=True):
+        fm = final[final["metric"] == metric].sort_values("weight_scale")
+        for bn in (True, False):
+            arm = fm[fm["use_batchnorm"] == bn]
+            if arm.empty:
+                continue
+            st = ARMS[bn]
+            mean = arm["mean"].to_numpy(dtype=float)
+            yerr = _errorbar_arrays(mean, arm["ci_low"].to_numpy(dtype=float),
+                                    arm["ci_high"].to_numpy(dtype=float))
+            x = arm["weight_scale"].to_numpy(dtype=float) * dodge[bn]
+            has_ci = np.isfinite(yerr).all(axis=0)
+            no_bar |= bool((~has_ci & np.isfinite(mean)).any())
+            ax.plot(x, mean, color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
+                    markersize=4.5, linewidth=1.3, label=st["label"], gid=f"final-{'bn' if bn else 'plain'}")
+            ax.errorbar(x[has_ci], mean[has_ci], yerr=yerr[:, has_ci], fmt="none", ecolor=st["color"],
+                        capsize=3, linewidth=1.1)
+        epochs = fm["final_epoch"].unique()
+        at = f"epoch {int(epochs.max())}" if len(epochs) == 1 else "final epoch"
+        ax.set_title(f"Final {metric_label(metric)} ({at})")
+        ax.set_ylabel(f"{metric_label(metric)} at the final epoch")
+        ax.set_ylim(0, 1)
+        _log_scale_axis(ax, final["weight_scale"].tolist())
+    counts = final[final["metric"] == metrics[0]]["n"].tolist()
+    sub = ", ".join(p for p in (context, seeds_text(counts)) if p)
+    fig.suptitle("Final accuracy vs initial weight scale: mean with 95% confidence interval of the mean"
+                 f"\n{sub}", fontsize=11)
+    handles = [Line2D([], [], color=ARMS[bn]["color"], linestyle=ARMS[bn]["linestyle"],
+                      marker=ARMS[bn]["marker"], label=ARMS[bn]["label"]) for bn in (True, False)]
+    bar_label = "bar: 95% t interval of the mean" + (" (none where n = 1)" if no_bar else "")
+    handles.append(Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label=bar_label))
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
+    return fig
+
+
+def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float = 0.05,
+                    metrics: Sequence[str] = ("train_acc", "test_acc")) -> Figure:
+    """Paired BN - plain difference at the final epoch per weight scale, with its 95% t interval.
+
+    Filled markers (and a star) mark scales significant after Holm correction; hollow markers are not
+    significant; a cross marks a scale with fewer than 2 pairs (no interval, no test).
+    """
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    color = "tab:purple"
+    pairs = []
+    any_nobar = False
+    for ax, metric in zip(axes, metrics, strict=True):
+        cm = comparison[comparison["metric"] == metric].sort_values("weight_scale")
+        pairs += cm["n_pairs"].tolist()
+        x = cm["weight_scale"].to_numpy(dtype=float)
+        y = cm["mean_diff"].to_numpy(dtype=float)
+        lo = cm["ci_low"].to_numpy(dtype=float)
+        hi = cm["ci_high"].to_numpy(dtype=float)
+        ax.axhline(0, color="0.2", linewidth=1, zorder=1)
+        ax.plot(x, y, color=color, linewidth=1, alpha=0.5, zorder=2)
+        has_ci = np.isfinite(lo) & np.isfinite(hi)
+        yerr = _errorbar_arrays(y, lo, hi)
+        ax.errorbar(x[has_ci], y[has_ci], yerr=yerr[:, has_ci], fmt="none", ecolor=color, capsize=3,
+                    linewidth=1.3, zorder=3)
+        sig = cm["significant"].to_numpy(dtype=bool)
+        ax.scatter(x[sig], y[sig], color=color, marker="o", s=36, zorder=4, label="significant")
+        ax.scatter(x[~sig & has_ci], y[~sig & has_ci], facecolor="white", edgecolor=color, marker="o", s=36,
+                   zorder=4, label="not significant")
+        nobar = ~has_ci & np.isfinite(y)
+        any_nobar |= bool(nobar.any())
+        ax.scatter(x[nobar], y[nobar], color=color, marker="x", s=36, zorder=4, label="no interval")
+        top = np.where(has_ci, hi, y)
+        for xi, ti in zip(x[sig], top[sig], strict=True):
+            ax.annotate("*", (xi, ti), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=13,
+                        color=color)
+        ax.set_title(f"BN \u2212 plain, {metric_label(metric)} at the final epoch")
+        ax.set_ylabel(f"paired difference in {metric_label(metric)}")
+        _log_scale_axis(ax, comparison["weight_scale"].tolist())
+        finite = np.concatenate([y[np.isfinite(y)], lo[np.isfinite(lo)], hi[np.isfinite(hi)], [0.0]])
+        span = max(finite.max() - finite.min(), 0.02)
+        ax.set_ylim(finite.min() - 0.08 * span, finite.max() + 0.12 * span)
+    n_text = seeds_text(pairs).replace("seeds per arm", "pairs (seeds) per scale").replace(
+        "seed per arm", "pair (seed) per scale")
+    sub = ", ".join(p for p in (context, n_text) if p)
+    fig.suptitle("Paired difference BatchNorm \u2212 plain (same seed = same initial weights and batches), "
+                 f"mean with 95% t interval\n{sub}", fontsize=11)
+    handles = [
+        Line2D([], [], color=color, marker="o", linestyle="none",
+               label=f"* significant: Holm-corrected paired t-test p < {alpha:g}"),
+        Line2D([], [], markerfacecolor="white", markeredgecolor=color, marker="o", linestyle="none",
+               label="not significant"),
+        Line2D([], [], color="0.2", linewidth=1, label="no difference (0)"),
+    ]
+    if any_nobar:
+        handles.append(Line2D([], [], color=color, marker="x", linestyle="none",
+                              label="fewer than 2 pairs: no interval, no test"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: Path | str, stem: str, formats: Sequence[str] = ("png", "svg"),
+                dpi: int = 110) -> list[Path]:
+    """Write ``out_dir/stem.<fmt>`` for each format; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, format=fmt, dpi=dpi)
+        paths.append(path)
+    return paths

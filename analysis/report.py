@@ -1,0 +1,266 @@
+"""report.md: the figures, the tables and one paragraph of findings written from the numbers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from analysis.figures import metric_label, scale_labels, seeds_text
+
+#: Final train accuracy below this counts as "failed to learn" (chance is 0.10 for 10 classes).
+FAIL_THRESHOLD = 0.2
+
+
+def _unique(df: pd.DataFrame, col: str) -> list:
+    return sorted(df[col].dropna().unique().tolist(), key=str) if col in df else []
+
+
+def describe_data(df: pd.DataFrame) -> str:
+    """``fashion-mnist, 1000 training samples, 20 epochs`` from the runs' params (ranges if mixed)."""
+    parts = []
+    datasets = _unique(df, "dataset")
+    if datasets:
+        parts.append("/".join(str(d) for d in datasets))
+    for col, word in (("train_size", "training samples"), ("epochs", "epochs")):
+        values = _unique(df, col)
+        if values:
+            text = str(values[0]) if len(values) == 1 else f"{min(values)}\u2013{max(values)}"
+            parts.append(f"{text} {word}")
+    return ", ".join(parts)
+
+
+def describe_scales(selected: Sequence[float], all_scales: Sequence[float]) -> str:
+    """Weight scales as contiguous ranges of the sorted scale list: ``W=0.0001–0.0074 and 0.16–1.00``."""
+    order = sorted(set(float(w) for w in all_scales))
+    labels = scale_labels(order)
+    chosen = set(float(w) for w in selected)
+    groups: list[list[float]] = []
+    for w in order:
+        if w in chosen:
+            if groups and groups[-1][-1] == order[order.index(w) - 1]:
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+    parts = [labels[g[0]] if len(g) == 1 else f"{labels[g[0]]}\u2013{labels[g[-1]]}" for g in groups]
+    if not parts:
+        return "none"
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"W={text}"
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "\u2013" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "\u2013"
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _fmt_n(n: float) -> str:
+    if n is None or math.isnan(n):
+        return "\u2013"
+    return "> 10^7" if math.isinf(n) else str(int(n))
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, width: float) -> str:
+    """One paragraph stating what the numbers say (significance, largest difference, failures, seeds)."""
+    scales = sorted(comparison["weight_scale"].unique())
+    labels = scale_labels(scales)
+    n_pairs = comparison["n_pairs"]
+    sentences = []
+    pairs_text = seeds_text(n_pairs).replace("seeds per arm", "paired seeds per scale").replace(
+        "seed per arm", "paired seed per scale")
+    sentences.append(f"Across {len(scales)} weight scales ({describe_scales(scales, scales)}) with {pairs_text}:")
+
+    higher, lower = [], []
+    for metric in ("test_acc", "train_acc"):
+        cm = comparison[comparison["metric"] == metric]
+        if cm.empty:
+            continue
+        tested = int(cm["p_ttest"].notna().sum())
+        better = cm[cm["significant"] & (cm["mean_diff"] > 0)]["weight_scale"]
+        worse = cm[cm["significant"] & (cm["mean_diff"] < 0)]["weight_scale"]
+        where = "" if not len(better) else (" (all)" if len(better) == len(scales)
+                                             else f" ({describe_scales(better, scales)})")
+        higher.append(f"{len(better)} of {tested} tested scales for {metric_label(metric)}{where}")
+        if len(worse):
+            lower.append(f"{len(worse)} for {metric_label(metric)} ({describe_scales(worse, scales)})")
+    if higher:
+        text = ("BatchNorm's final accuracy was significantly higher than plain's (paired t-test, "
+                f"Holm-corrected across scales, p < {alpha:g}) at " + " and at ".join(higher))
+        if lower:
+            text += "; it was significantly lower at " + " and at ".join(lower)
+        sentences.append(text + ".")
+
+    finite = comparison[comparison["mean_diff"].notna()]
+    if not finite.empty:
+        top = finite.loc[finite["mean_diff"].abs().idxmax()]
+        ci = ("" if math.isnan(top["ci_low"]) else
+              f" (95% CI {_signed(top['ci_low'])} to {_signed(top['ci_high'])})")
+        sentences.append(f"The largest mean difference, BN \u2212 plain, was {_signed(top['mean_diff'])}{ci} "
+                         f"in {metric_label(top['metric'])} at W={labels[top['weight_scale']]}.")
+
+    ft = final[final["metric"] == "train_acc"]
+    if not ft.empty:
+        failed = {bn: ft[(ft["use_batchnorm"] == bn) & (ft["mean"] < FAIL_THRESHOLD)]["weight_scale"]
+                  for bn in (False, True)}
+        crit = f"mean final train accuracy below {FAIL_THRESHOLD:.2f}; chance is 0.10"
+        if len(failed[False]):
+            sentences.append(f"Without BN the network failed to learn ({crit}) at "
+                             f"{describe_scales(failed[False], scales)}.")
+        else:
+            sentences.append(f"Without BN the network learned at every scale (mean final train accuracy at "
+                             f"least {FAIL_THRESHOLD:.2f} everywhere).")
+        if len(failed[True]):
+            sentences.append(f"With BN it failed to learn at {describe_scales(failed[True], scales)}.")
+        else:
+            sentences.append("With BN it learned at every scale.")
+
+    few = comparison[comparison["n_pairs"] < 2]["weight_scale"].unique()
+    if len(few):
+        sentences.append(f"At {describe_scales(few, scales)} there were fewer than 2 pairs, so no interval "
+                         "or test.")
+    need = comparison[comparison["metric"] == "test_acc"] if "test_acc" in set(comparison["metric"]) \
+        else comparison
+    need_diff = need["seeds_needed_diff"].replace(np.inf, np.nan)
+    if need_diff.notna().any():
+        worst = need.loc[need_diff.idxmax()]
+        arm_need = pd.concat([need["seeds_needed_bn"], need["seeds_needed_plain"]]).replace(np.inf, np.nan)
+        sentences.append(
+            f"For every 95% interval of the paired {metric_label(worst['metric'])} difference to be narrower "
+            f"than {width:g} (full width), up to {_fmt_n(worst['seeds_needed_diff'])} seeds would be needed "
+            f"(at W={labels[worst['weight_scale']]}, which has {int(worst['n_pairs'])} pairs now); for the "
+            f"interval of each arm's mean {metric_label(worst['metric'])}, up to {_fmt_n(arm_need.max())}.")
+    small = int(n_pairs[n_pairs >= 2].min()) if (n_pairs >= 2).any() else 0
+    if 2 <= small and 2.0 / 2**small >= alpha:
+        sentences.append(f"With {small} pairs the two-sided Wilcoxon signed-rank test cannot go below "
+                         f"p = 2/2^{small} = {2.0 / 2**small:.3g}, so it cannot reach p < {alpha:g} there; "
+                         "only the t-test can.")
+    return " ".join(sentences)
+
+
+def markdown_table(frame: pd.DataFrame, columns: Sequence[tuple[str, Callable[[pd.Series], str]]]) -> str:
+    """A pipe table: ``columns`` is a list of (header, row -> cell text)."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in frame.iterrows():
+        cells = [str(fn(row)).replace("|", "\\|") for _, fn in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _comparison_table(cm: pd.DataFrame, labels: dict[float, str]) -> str:
+    return markdown_table(cm.sort_values("weight_scale", ascending=False), [
+        ("W", lambda r: labels[r["weight_scale"]]),
+        ("pairs", lambda r: int(r["n_pairs"])),
+        ("BN mean \u00b1 sd (n)", lambda r: f"{_fmt(r['mean_bn'])} \u00b1 {_fmt(r['sd_bn'])} ({int(r['n_bn'])})"),
+        ("plain mean \u00b1 sd (n)",
+         lambda r: f"{_fmt(r['mean_plain'])} \u00b1 {_fmt(r['sd_plain'])} ({int(r['n_plain'])})"),
+        ("BN \u2212 plain [95% CI]",
+         lambda r: f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"),
+        ("p t-test", lambda r: _fmt_p(r["p_ttest"])),
+        ("p t-test Holm", lambda r: _fmt_p(r["p_ttest_holm"])),
+        ("p Wilcoxon", lambda r: _fmt_p(r["p_wilcoxon"])),
+        ("p Wilcoxon Holm", lambda r: _fmt_p(r["p_wilcoxon_holm"])),
+        ("significant", lambda r: "**yes**" if r["significant"] else "no"),
+        ("note", lambda r: "; ".join(x for x in (r["note"], r["unpaired_seeds"]) if x)),
+    ])
+
+
+def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str]) -> str:
+    order = comparison.assign(_m=comparison["metric"] != "test_acc")
+    order = order.sort_values(["_m", "metric", "weight_scale"], ascending=[True, True, False])
+    return markdown_table(order, [
+        ("metric", lambda r: metric_label(r["metric"])),
+        ("W", lambda r: labels[r["weight_scale"]]),
+        ("n now BN / plain / pairs", lambda r: f"{int(r['n_bn'])} / {int(r['n_plain'])} / {int(r['n_pairs'])}"),
+        ("sd BN", lambda r: _fmt(r["sd_bn"], 4)),
+        ("sd plain", lambda r: _fmt(r["sd_plain"], 4)),
+        ("sd diff", lambda r: _fmt(r["sd_diff"], 4)),
+        ("seeds for BN", lambda r: _fmt_n(r["seeds_needed_bn"])),
+        ("seeds for plain", lambda r: _fmt_n(r["seeds_needed_plain"])),
+        ("seeds for the difference", lambda r: _fmt_n(r["seeds_needed_diff"])),
+    ])
+
+
+def build_report(
+    *,
+    experiment: str,
+    tracking_uri: str,
+    df: pd.DataFrame,
+    comparison: pd.DataFrame,
+    final: pd.DataFrame,
+    figures: dict[str, str],
+    curves_scale: float,
+    metric: str,
+    width: float,
+    alpha: float,
+    notes: Sequence[str] = (),
+) -> str:
+    """The whole report.md text. ``figures`` maps name (grid, curves, final_accuracy, difference) to a
+    path relative to the report."""
+    scales = sorted(df["weight_scale"].unique())
+    labels = scale_labels(scales)
+    n_runs = df["run_id"].nunique()
+    counts = final[final["metric"] == final["metric"].iloc[0]]["n"] if not final.empty else []
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = [f"# Batch normalization across weight scales: `{experiment}`", ""]
+    out.append(f"Generated {now} from `{tracking_uri}`, experiment `{experiment}` "
+               f"(id {df.attrs.get('experiment_id', '?')}). {n_runs} finished trial runs: {len(scales)} weight "
+               f"scales \u00d7 2 arms (BatchNorm, plain), {seeds_text(counts)}; {describe_data(df)}.")
+    out.append("")
+    for note in notes:
+        out.append(f"- {note}")
+    if notes:
+        out.append("")
+    out += ["## Findings", "", findings(comparison, final, alpha=alpha, width=width), ""]
+    out += ["## Figures", ""]
+    titles = {
+        "grid": f"{metric_label(metric).capitalize()} per weight scale (the book's Figure 6-19, mean \u00b1 1 std "
+                "over seeds; BN solid, plain dashed)",
+        "curves": f"Train and test accuracy at W={scale_labels([curves_scale])[curves_scale]}",
+        "final_accuracy": "Final accuracy vs weight scale (mean, 95% t interval of the mean)",
+        "difference": "Paired difference BN \u2212 plain at the final epoch (95% t interval; * = significant "
+                      "after Holm)",
+    }
+    for name, path in figures.items():
+        out += [f"### {titles.get(name, name)}", "", f"![{name}]({path})", ""]
+    out += ["## Paired comparison at the final epoch", ""]
+    for m in ("test_acc", "train_acc"):
+        cm = comparison[comparison["metric"] == m]
+        if not cm.empty:
+            out += [f"### {metric_label(m).capitalize()}", "", _comparison_table(cm, labels), ""]
+    out += [f"## Seeds needed for a 95% interval narrower than {width:g}", "",
+            "The smallest n with 2 \u00b7 t(0.975, n\u22121) \u00b7 sd / \u221an \u2264 "
+            f"{width:g}, from the sd observed now (\u2013 where fewer than 2 values).", "",
+            _seeds_table(comparison, labels), ""]
+    out += ["## Method", "",
+            "- One trial = one (weight scale, BN or plain, seed); the BN and plain runs of a seed start from the "
+            "same weights and see the same mini-batches, so they are compared as pairs.",
+            "- Mean \u00b1 std over seeds (sample std, ddof = 1). Intervals are two-sided 95% t intervals of the "
+            "mean; with one value there is none (marked n=1), never a zero-width band.",
+            "- Paired comparison at each run's final epoch: seeds present in only one arm or NaN in either "
+            "are dropped from the pairing and listed in the note. Paired t-test and Wilcoxon signed-rank "
+            "test (scipy), each Holm-corrected across the weight scales of one metric; \"significant\" "
+            f"means Holm-corrected t-test p < {alpha:g}. If every difference is exactly 0 both p-values "
+            "are set to 1.",
+            f"- \"Failed to learn\": mean final train accuracy below {FAIL_THRESHOLD:.2f} (chance 0.10).",
+            "- Only FINISHED runs tagged run_kind=trial are used; of several FINISHED runs of one trial key the "
+            "earliest is used.",
+            "", "## Files", "",
+            "- `summary.csv`: per weight scale, arm, metric and epoch: n, mean, std, sem, ci_low, ci_high, "
+            "n_runs, note.",
+            "- `comparison.csv`: per weight scale and metric: the paired statistics above, Holm-corrected "
+            "p-values and seeds needed.",
+            "- Figures as PNG and SVG.", ""]
+    return "\n".join(out)
