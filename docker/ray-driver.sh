@@ -6,6 +6,7 @@
 # so a driver outside the head/worker containers first joins as a zero-CPU node: no trial is scheduled here.
 #
 #   RAY_HEAD_ADDRESS  head GCS address (default ray-head:6379)
+#   RAY_NODE_IP       this node's IP address as the cluster sees it (default: Ray finds it)
 #   RAY_AUTH_MODE / RAY_AUTH_TOKEN  the cluster's token authentication (from .env through compose)
 #
 # Ctrl-C / SIGTERM reach the command as SIGINT (the sweep marks its open runs KILLED), then the node leaves.
@@ -18,7 +19,7 @@ if [ "$#" -eq 0 ]; then
 fi
 
 log="$(mktemp "${TMPDIR:-/tmp}/ray-driver-node.XXXXXX")"
-ray start --address="$head" --num-cpus=0 --block >"$log" 2>&1 &
+ray start --address="$head" --num-cpus=0 ${RAY_NODE_IP:+--node-ip-address="$RAY_NODE_IP"} --block >"$log" 2>&1 &
 ray_pid=$!
 
 leave() {

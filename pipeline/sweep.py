@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901 - the sweep's story, told in order
+def run(args: argparse.Namespace) -> int:
     """Validate, plan, start Ray, and run every trial not yet FINISHED."""
     from pipeline import tracking
 
@@ -202,56 +202,47 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the sweep's story, tol
 
     if args.address:
         cluster.check_address(args.address)
-
     started = time.perf_counter()
-    # Load the data while Ray starts: both take seconds and neither needs the other.
-    loaded: dict = {}
-    loader = threading.Thread(target=_load_data, args=(args, base, loaded), daemon=True)
-    loader.start()
+    if _all_finished(args, uri, keys):
+        _say(f"Nothing to run: all {len(grid)} trials of this grid are already FINISHED in experiment "
+             f"{args.experiment!r}. See them: {tracking.mlflow_ui_command(uri, None)}")
+        return 0
+
+    # Load the data and plan against MLflow while Ray starts: each takes seconds and neither needs the other.
+    prepared: dict = {}
+    preparer = threading.Thread(target=_prepare, args=(args, uri, base, grid, keys, prepared), daemon=True)
+    preparer.start()
     try:
         cpus = cluster.connect(args.address, args.workers)
-        loader.join()
-        if "error" in loaded:
-            raise loaded["error"]
+        preparer.join()
+        if "error" in prepared:
+            raise prepared["error"]
         ray_seconds = time.perf_counter() - started
-        return _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds)
+        return _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds)
     finally:
         cluster.disconnect()
 
 
-def _load_data(args: argparse.Namespace, base: dict, out: dict) -> None:
-    """Load the data set once, cut the train/test subsets and cast them to the trial dtype (in a thread)."""
-    from pipeline.data import load_dataset_with_checksum
+def _finished_keys(args: argparse.Namespace, uri: str) -> set[str]:
+    """The trial keys already FINISHED in the experiment. Read-only: creates neither store nor experiment."""
+    from pipeline import tracking
 
-    try:
-        ((x_train, t_train), (x_test, t_test)), checksum = load_dataset_with_checksum(args.dataset, args.data_dir)
-        for name, want, have in (("--train-size", base["train_size"], len(x_train)),
-                                 ("--test-size", base["test_size"], len(x_test))):
-            if want > have:
-                raise UsageError(f"{name} {want} is larger than the {args.dataset} split ({have} samples)")
-        dtype = np.dtype(base["dtype"])
-        out["data"] = (
-            np.ascontiguousarray(x_train[: base["train_size"]], dtype=dtype),
-            np.ascontiguousarray(t_train[: base["train_size"]]),
-            np.ascontiguousarray(x_test[: base["test_size"]], dtype=dtype),
-            np.ascontiguousarray(t_test[: base["test_size"]]),
-        )
-        out["checksum"] = checksum
-    except UsageError as exc:
-        out["error"] = exc
-    except ValueError as exc:  # DatasetError and friends: a one-line message that names the fix
-        out["error"] = UsageError(str(exc))
+    if not tracking.store_exists(uri):
+        return set()
+    tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry)
+    exp_id = tracker.find_experiment_id(args.experiment)
+    if exp_id is None:
+        return set()
+    return {r.trial_key for r in tracker.trial_runs(exp_id) if r.status == "FINISHED"}
+
+
+def _all_finished(args: argparse.Namespace, uri: str, keys: list[str]) -> bool:
+    """True when every trial is already FINISHED: then the sweep need not even start Ray."""
+    return set(keys) <= _finished_keys(args, uri)
 
 
 def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str]) -> int:
-    from pipeline import tracking
-
-    done: set[str] = set()
-    if tracking.store_exists(uri):
-        tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry)
-        exp_id = tracker.find_experiment_id(args.experiment)
-        if exp_id is not None:
-            done = {r.trial_key for r in tracker.trial_runs(exp_id) if r.status == "FINISHED"}
+    done = _finished_keys(args, uri)
     todo = [c for c, k in zip(grid, keys, strict=True) if k not in done]
     print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED in "
           f"experiment {args.experiment!r} at {uri}, {len(todo)} would run.")
@@ -262,51 +253,108 @@ def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[st
     return 0
 
 
-def _sweep(args, uri, grid, keys, cpus, loaded, started, ray_seconds) -> int:  # noqa: C901
+def _load_data(args: argparse.Namespace, base: dict) -> tuple[tuple, str]:
+    """Load the data set once, cut the train/test subsets and cast them to the trial dtype."""
+    from pipeline.data import load_dataset_with_checksum
+
+    try:
+        ((x_train, t_train), (x_test, t_test)), checksum = load_dataset_with_checksum(args.dataset, args.data_dir)
+    except ValueError as exc:  # DatasetError: a one-line message that names the fix
+        raise UsageError(str(exc)) from None
+    for name, want, have in (("--train-size", base["train_size"], len(x_train)),
+                             ("--test-size", base["test_size"], len(x_test))):
+        if want > have:
+            raise UsageError(f"{name} {want} is larger than the {args.dataset} split ({have} samples)")
+    dtype = np.dtype(base["dtype"])
+    data = (
+        np.ascontiguousarray(x_train[: base["train_size"]], dtype=dtype),
+        np.ascontiguousarray(t_train[: base["train_size"]]),
+        np.ascontiguousarray(x_test[: base["test_size"]], dtype=dtype),
+        np.ascontiguousarray(t_test[: base["test_size"]]),
+    )
+    return data, checksum
+
+
+@dataclass
+class Plan:
+    """What a sweep will do, decided before its first trial starts."""
+
+    tracker: object
+    exp_id: str
+    sweep_id: str
+    driver: str
+    data: tuple
+    checksum: str
+    todo: deque
+    total: int
+    skipped: int
+    orphans: int
+    running_elsewhere: int
+
+
+def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out: dict) -> None:
+    """Load the data, then plan against MLflow: skip what is FINISHED, end orphans, leave live runs alone.
+
+    Runs in a thread beside Ray's start-up; the data comes first so that bad data writes nothing to MLflow.
+    """
+    from tqdm import tqdm
+
+    from pipeline import tracking
+
+    try:
+        data, checksum = _load_data(args, base)
+        tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry,
+                                   on_retry=lambda m: tqdm.write(m, file=sys.stderr))
+        exp_id = tracker.ensure_experiment(args.experiment)
+        sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        existing = tracker.trial_runs(exp_id)
+        finished = {r.trial_key for r in existing if r.status == "FINISHED"}
+        orphans = [r for r in existing if tracking.is_orphan(r, args.orphan_timeout)]
+        for r in orphans:
+            reason = f"orphaned: its sweep's driver ({r.driver}) is gone; rerun by sweep {sweep_id}"
+            tracker.end_run(r.run_id, "FAILED", reason)
+        orphan_ids = {r.run_id for r in orphans}
+        running_elsewhere = {r.trial_key for r in existing
+                             if r.status == "RUNNING" and r.run_id not in orphan_ids} - finished
+        excluded = finished | running_elsewhere
+        todo = deque((c, k) for c, k in zip(grid, keys, strict=True) if k not in excluded)
+        out["plan"] = Plan(
+            tracker=tracker, exp_id=exp_id, sweep_id=sweep_id, driver=tracking.driver_identity(), data=data,
+            checksum=checksum, todo=todo, total=len(grid), skipped=len(set(keys) & finished),
+            orphans=len(orphans), running_elsewhere=len(set(keys) & running_elsewhere),
+        )
+    except Exception as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+        out["error"] = exc
+
+
+def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: float) -> int:  # noqa: C901
+    """Run the planned trials, at most ``--workers`` at once, streaming their epochs into MLflow."""
     import ray
     from tqdm import tqdm
 
     from pipeline import tracking
     from pipeline.tasks import train_trial
 
-    tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry,
-                               on_retry=lambda m: tqdm.write(m, file=sys.stderr))
-    exp_id = tracker.ensure_experiment(args.experiment)
-    sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    driver = tracking.driver_identity()
-
-    # Plan: skip what is FINISHED, end what is orphaned, leave alone what another live sweep is running.
-    existing = tracker.trial_runs(exp_id)
-    finished = {r.trial_key for r in existing if r.status == "FINISHED"}
-    orphans = [r for r in existing if tracking.is_orphan(r, args.orphan_timeout)]
-    for r in orphans:
-        reason = f"orphaned: its sweep's driver ({r.driver}) is gone; rerun by sweep {sweep_id}"
-        tracker.end_run(r.run_id, "FAILED", reason)
-    orphan_ids = {r.run_id for r in orphans}
-    running_elsewhere = {r.trial_key for r in existing
-                         if r.status == "RUNNING" and r.run_id not in orphan_ids} - finished
-    excluded = finished | running_elsewhere
-    todo = deque((c, k) for c, k in zip(grid, keys, strict=True) if k not in excluded)
-    skipped = len(grid) - len(todo) - len(running_elsewhere & set(keys))
+    tracker, exp_id, sweep_id, driver, todo = plan.tracker, plan.exp_id, plan.sweep_id, plan.driver, plan.todo
+    skipped = plan.skipped
     workers = args.workers or cpus
-
-    _say(f"Sweep {sweep_id}: {len(grid)} trials in the grid, {skipped} already FINISHED, {len(todo)} to run "
+    _say(f"Sweep {sweep_id}: {plan.total} trials in the grid, {skipped} already FINISHED, {len(todo)} to run "
          f"on {workers} workers ({cpus} CPUs in the cluster); experiment {args.experiment!r} at {uri}.")
-    if orphans:
-        _say(f"Ended {len(orphans)} orphaned RUNNING run(s) of an earlier sweep as FAILED; their trials run again.")
-    if running_elsewhere & set(keys):
-        _say(f"{len(running_elsewhere & set(keys))} trial(s) are RUNNING in another live sweep; left to it.")
+    if plan.orphans:
+        _say(f"Ended {plan.orphans} orphaned RUNNING run(s) of an earlier sweep as FAILED; their trials run again.")
+    if plan.running_elsewhere:
+        _say(f"{plan.running_elsewhere} trial(s) are RUNNING in another live sweep; left to it.")
     ui = tracking.mlflow_ui_command(uri, exp_id)
     if not todo:
-        _say(f"Nothing to run: every trial of this grid is already FINISHED (or running elsewhere). See them: {ui}")
+        _say(f"Nothing to run: every trial of this grid is already FINISHED or running elsewhere. See them: {ui}")
         return 0
 
-    data_ref = ray.put(loaded["data"])
+    data_ref = ray.put(plan.data)  # once: every task gets this reference, read zero-copy from the object store
     static_tags = {
         "run_kind": tracking.RUN_KIND_TRIAL,
         "sweep_id": sweep_id,
         "dataset": args.dataset,
-        "dataset_sha256": loaded["checksum"],
+        "dataset_sha256": plan.checksum,
         "code_version": code_version(),
         "driver": driver,
     }
