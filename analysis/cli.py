@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "figures (PNG+SVG), summary.csv, comparison.csv and report.md, and logs them as artifacts of "
                     "one analysis run (tag run_kind=analysis) in the same experiment.",
     )
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name of the sweep (default: %(default)s)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                   help="MLflow experiment name of the sweep (default: %(default)s)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (sqlite:///path.db or http://host:port); default: env "
                         "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (the sweep's default)")

@@ -118,7 +118,8 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
         n_bn, n_plain = counts.get((w, True), 0), counts.get((w, False), 0)
         if counts.nunique() > 1:  # say n per panel only when it is not the same everywhere
             ax.text(0.97, 0.04, f"n: BN {n_bn}, plain {n_plain}", transform=ax.transAxes, ha="right",
-                    va="bottom", fontsize=7, color="0.3")
+                    va="bottom", fontsize=7, color="0.25",
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
         if i % ncols == 0:
             ax.set_ylabel(metric_label(metric))
         if i >= k - ncols:

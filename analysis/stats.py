@@ -75,7 +75,7 @@ def arm_summary(df: pd.DataFrame, metrics: Sequence[str] = ("train_acc", "test_a
     """
     long = _long(df, metrics)
     grouped = long.groupby([*ARM_KEYS, "metric", "epoch"], sort=True)["value"]
-    out = grouped.agg(n="count", mean="mean", std=lambda v: v.std(ddof=1), n_runs="size").reset_index()
+    out = grouped.agg(n="count", mean="mean", std="std", n_runs="size").reset_index()  # pandas std: ddof=1
     out["n"] = out["n"].astype("int64")
     out["n_runs"] = out["n_runs"].astype("int64")
     out = _interval_columns(out, confidence)
@@ -179,8 +179,7 @@ def paired_comparison(
                                       ("p_ttest_holm", "p_wilcoxon_holm", "significant")])
     out["p_ttest_holm"] = np.nan
     out["p_wilcoxon_holm"] = np.nan
-    for metric, idx in out.groupby("metric", sort=False).groups.items():
-        del metric
+    for idx in out.groupby("metric", sort=False).groups.values():
         out.loc[idx, "p_ttest_holm"] = holm(out.loc[idx, "p_ttest"])
         out.loc[idx, "p_wilcoxon_holm"] = holm(out.loc[idx, "p_wilcoxon"])
     out["significant"] = (out["p_ttest_holm"] < alpha).astype(bool)
@@ -253,7 +252,7 @@ def final_summary(df: pd.DataFrame, metrics: Sequence[str] = COMPARED_METRICS,
     long = finals.melt(id_vars=[*ARM_KEYS, "seed", "final_epoch"],
                        value_vars=[m for m in metrics if m in finals], var_name="metric", value_name="value")
     grouped = long.groupby([*ARM_KEYS, "metric"], sort=True)
-    out = grouped["value"].agg(n="count", mean="mean", std=lambda v: v.std(ddof=1)).reset_index()
+    out = grouped["value"].agg(n="count", mean="mean", std="std").reset_index()  # pandas std: ddof=1
     out["final_epoch"] = grouped["final_epoch"].max().to_numpy()
     out["n"] = out["n"].astype("int64")
     out = _interval_columns(out, confidence)
@@ -268,8 +267,11 @@ def seeds_per_arm(df: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def nearest_scale(scales: Sequence[float], target: float = 0.01) -> float:
-    """The scale closest to ``target`` in log space (ties: the smaller scale)."""
+    """The scale closest to ``target`` in log space; on a tie the larger scale.
+
+    (The book's 16 scales tie around 0.01: 0.0074 and 0.0136 are both 10^(2/15) away.)
+    """
     values = sorted(float(w) for w in scales if w > 0)
     if not values:
         raise ValueError("no positive weight scales")
-    return min(values, key=lambda w: (abs(math.log(w) - math.log(target)), w))
+    return min(values, key=lambda w: (round(abs(math.log(w) - math.log(target)), 9), -w))

@@ -2,12 +2,12 @@
 
 Creates ``--runs`` synthetic trial runs (default 1000 = 20 weight scales x 2 arms x 25 seeds) with
 ``--epochs``+1 steps of 3 metrics each (design.md schema, one ``log_batch`` per run) in a fresh SQLite
-store, starts ``mlflow server --host 127.0.0.1 --port <free>`` on that store, and times
-``load_runs`` against both: the first call in the process (``cold``: includes MLflow's store set-up)
-and the median of ``--repeats`` further calls (``warm``). With ``--compare`` it also times the ways
-of fetching one metric's histories for all runs (bulk store query, bulk-interval, one call per run
--- the last timed on 100 runs and scaled), which is how the strategy in analysis/histories.py was
-chosen.
+store, starts ``mlflow server --host 127.0.0.1 --port <free>`` on that store, and times ``load_runs``
+against both: the first call in the process (``cold``: includes MLflow's store set-up and, for the
+server, its workers' first requests) and the median of ``--repeats`` further calls (``warm``), with the
+median time of each phase. With ``--compare`` it also times the ways of fetching one metric's
+histories for all runs (bulk store query, bulk-interval, one call per run -- the last timed on 100
+runs and scaled), which is how the strategy in analysis/histories.py was chosen.
 
 Run it in a loopback-only network namespace (it starts a server)::
 
@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +30,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.load import load_runs  # noqa: E402
-from tests.mlflow_fixtures import create_experiment, log_grid, make_store  # noqa: E402
+from tests.mlflow_fixtures import (  # noqa: E402
+    create_experiment,
+    log_grid,
+    make_store,
+    start_mlflow_server,
+    stop_mlflow_server,
+)
 
 EXPERIMENT = "bench-analysis-load"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_store(root: Path, n_runs: int, epochs: int) -> tuple[str, float]:
@@ -58,31 +55,9 @@ def build_store(root: Path, n_runs: int, epochs: int) -> tuple[str, float]:
     return uri, time.perf_counter() - t0
 
 
-def start_server(store_uri: str, root: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
-         "--artifacts-destination", str(root / "server-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited; see {root / 'server.log'}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.25)
-    proc.terminate()
-    raise RuntimeError("mlflow server did not come up in 180 s")
-
-
 def time_load(uri: str, repeats: int, expected_rows: int) -> dict:
     times = []
+    phases = []
     strategy = None
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
@@ -91,8 +66,10 @@ def time_load(uri: str, repeats: int, expected_rows: int) -> dict:
         if len(df) != expected_rows:
             raise RuntimeError(f"load_runs returned {len(df)} rows, expected {expected_rows}")
         strategy = df.attrs["history_strategy"]
+        phases.append(df.attrs["timings_s"])
+    warm_phases = {k: statistics.median(p[k] for p in phases[1:]) for k in phases[0]}
     return {"cold_s": times[0], "warm_median_s": statistics.median(times[1:]), "warm_s": times[1:],
-            "rows": expected_rows, "strategy": strategy}
+            "warm_median_phases_s": warm_phases, "rows": expected_rows, "strategy": strategy}
 
 
 def compare_fetches(uri: str, key: str = "train_acc") -> dict:
@@ -105,7 +82,7 @@ def compare_fetches(uri: str, key: str = "train_acc") -> dict:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     ids = [r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=50000)]
-    store = client._tracking_client.store
+    store = histories.tracking_store(client)
     out = {}
 
     def timed(name, fn):
@@ -125,11 +102,13 @@ def compare_fetches(uri: str, key: str = "train_acc") -> dict:
                                            {"run_id": ids[i:i + 100], "metric_key": key,
                                             "max_results": 25000}) for i in range(0, len(ids), 100)])
         timed("REST ajax get-history-bulk, 4 in flight (used)",
-              lambda: histories._fetch_ajax_bulk(store, client, ids, [key], 21))
+              lambda: histories.fetch_ajax_bulk(store, client, ids, [key], 21))
         timed("REST get-history-bulk-interval, 4 in flight",
-              lambda: histories._fetch_bulk_interval(store, client, ids, [key], 21))
+              lambda: histories.fetch_bulk_interval(store, client, ids, [key]))
     else:
-        timed("store.get_metric_history_bulk (used)", lambda: histories._fetch_sql_bulk(store, ids, [key]))
+        timed("column query on the store's SqlMetric model (used)",
+              lambda: histories.fetch_sql_columns(store, ids, [key]))
+        timed("store.get_metric_history_bulk (fallback)", lambda: histories.fetch_sql_bulk(store, ids, [key]))
         timed("store.get_metric_history_bulk_interval",
               lambda: store.get_metric_history_bulk_interval(ids, key, 2500, None, None))
     return {"n_runs": len(ids), "metric": key, "seconds": out}
@@ -161,14 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare:
             result["sqlite"]["fetch_one_metric"] = compare_fetches(uri)
         if not args.no_server:
-            proc, url = start_server(uri, root)
+            proc, url = start_mlflow_server(uri, root / "server")
             try:
                 result["server"] = time_load(url, args.repeats, rows)
                 if args.compare:
                     result["server"]["fetch_one_metric"] = compare_fetches(url)
             finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+                stop_mlflow_server(proc)
 
     for backend in ("sqlite", "server"):
         if backend not in result:
@@ -176,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         r = result[backend]
         print(f"{backend:6s} load_runs ({r['rows']} rows, {r['strategy']}): cold {r['cold_s']:.2f} s, "
               f"warm median {r['warm_median_s']:.2f} s over {args.repeats}")
+        phases = ", ".join(f"{k} {v:.2f} s" for k, v in r["warm_median_phases_s"].items())
+        print(f"         warm median phases: {phases}")
         for name, sec in r.get("fetch_one_metric", {}).get("seconds", {}).items():
             print(f"         fetch train_acc of all runs via {name}: {sec:.2f} s")
     if args.json:

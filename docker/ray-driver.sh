@@ -28,6 +28,7 @@ leave() {
     rm -f "$log"
 }
 
+trap 'leave; exit 130' INT TERM
 # Wait (up to 120 s) until the node runs.
 tries=0
 until grep -q "Ray runtime started" "$log" 2>/dev/null; do
@@ -41,7 +42,9 @@ until grep -q "Ray runtime started" "$log" 2>/dev/null; do
     sleep 0.1
 done
 
-"$@" &
+# The command gets SIGINT back (an asynchronous command of sh starts with it ignored) and a session of its own,
+# so a Ctrl-C on the terminal reaches it once, through the trap below, not twice.
+env --default-signal=INT setsid "$@" &
 child=$!
 trap 'kill -INT "$child" 2>/dev/null' INT TERM
 # wait returns early when a trapped signal arrives: keep waiting until the command has really ended.

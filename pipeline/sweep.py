@@ -156,6 +156,7 @@ class Active:
     last_flush: float = field(default_factory=time.monotonic)
     node: dict = field(default_factory=dict)
     node_tagged: dict = field(default_factory=dict)
+    workers_seen: set = field(default_factory=set)
 
 
 @dataclass
@@ -166,6 +167,7 @@ class Outcome:
     failed: int = 0
     killed: int = 0
     yielded: int = 0
+    retried: int = 0
     failures: list = field(default_factory=list)
     compute_seconds: float = 0.0
 
@@ -378,7 +380,11 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                 tracker.delete_run(state.run_id)
                 outcome.yielded += 1
                 return
-        tracker.end_run(state.run_id, status, reason)
+        tags = {}
+        if len(state.workers_seen) > 1:  # its worker (or node) died and Ray ran the task again
+            outcome.retried += 1
+            tags["task_attempts"] = str(len(state.workers_seen))
+        tracker.end_run(state.run_id, status, reason, tags)
         if status == "FINISHED":
             outcome.finished += 1
         else:
@@ -407,6 +413,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         except ray.exceptions.RayError as exc:
             finish(state, "FAILED", _task_error(exc))
             return True
+        state.workers_seen.add((item["node"]["ray_node"], item["node"]["pid"]))
         if "epoch" in item:
             if item["epoch"] not in state.epochs_logged:
                 state.buffer.append((item["epoch"], item["metrics"], item["time_ms"]))
@@ -478,6 +485,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     _say(f"Sweep {sweep_id} done in {wall:.1f} s (Ray and data ready after {ray_seconds:.1f} s): "
          f"{outcome.finished} run, {skipped} skipped as already FINISHED, {outcome.failed} failed"
          + (f", {outcome.yielded} left to a concurrent sweep" if outcome.yielded else "")
+         + (f", {outcome.retried} retried after losing their worker" if outcome.retried else "")
          + (f"; MLflow calls retried {tracker.retries} time(s)" if tracker.retries else "") + ".")
     for line in outcome.failures[:10]:
         _say(f"  FAILED {line}")

@@ -288,10 +288,13 @@ class Tracker:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
 
-    def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
-        """End a run FINISHED, FAILED or KILLED (with a one-line reason tag when not FINISHED)."""
+    def end_run(self, run_id: str, status: str, reason: str | None = None, tags: dict[str, str] | None = None) -> None:
+        """End a run FINISHED, FAILED or KILLED (with a one-line ``failure_reason`` tag when given)."""
+        tags = dict(tags or {})
         if reason:
-            self.call("set tag", self.client.set_tag, run_id, "failure_reason", _one_line(reason)[:4000])
+            tags["failure_reason"] = _one_line(reason)[:4000]
+        if tags:
+            self.call("set tags", self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.call("end run", self.client.set_terminated, run_id, status=status)
 
     def delete_run(self, run_id: str) -> None:

@@ -93,7 +93,7 @@ def test_tidy_frame_holds_exactly_the_logged_histories(store):
     assert df.attrs["duplicates"] == []
     assert df.attrs["skipped"] == []
     assert df.attrs["n_finished_runs"] == len(known)
-    assert df.attrs["history_strategy"] == hist_mod.STRATEGY_SQL
+    assert df.attrs["history_strategy"] == hist_mod.STRATEGY_SQL_COLUMNS
 
 
 def test_only_finished_trial_runs_count(store):
@@ -160,6 +160,15 @@ def test_nan_values_missing_metrics_and_repeated_steps(store):
     assert df.loc[(nan_run, 0), "train_acc"] == hist["train_acc"][0]
     assert df.loc[no_test_run, "test_acc"].isna().all()
     np.testing.assert_array_equal(df.loc[no_test_run, "train_acc"].to_numpy(), no_test["train_acc"])
+
+    # the column query (used) and MLflow's get_metric_history_bulk (fallback) return the same values
+    store = hist_mod.tracking_store(client)
+    ids, metrics = [nan_run, no_test_run], ["train_acc", "test_acc", "train_loss"]
+
+    def canon(rows):
+        return sorted((r, k, s, repr(v), t) for r, k, s, v, t in rows)
+
+    assert canon(hist_mod.fetch_sql_columns(store, ids, metrics)) == canon(hist_mod.fetch_sql_bulk(store, ids, metrics))
 
 
 def test_unusable_runs_are_skipped_and_listed(store):
@@ -266,6 +275,8 @@ def test_server_load_equals_sqlite_load_for_every_history_strategy(tmp_path, mon
             return {(r, k, s, "nan" if np.isnan(v) else v) for r, k, s, v, _ in rows}
 
         expected = as_set(hist_mod.fetch_sql_bulk(hist_mod.tracking_store(client), ids, metrics))
+        assert as_set(hist_mod.fetch_sql_columns(hist_mod.tracking_store(client), ids, metrics)) == expected
+        assert any(v == "nan" for _, _, _, v in expected)
         assert as_set(hist_mod.fetch_ajax_bulk(store, server_client, ids, metrics, EPOCHS + 1)) == expected
         # a response cut at the values limit is split until every run's history is whole
         monkeypatch.setattr(hist_mod, "AJAX_MAX_RESULTS", 3)

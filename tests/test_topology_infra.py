@@ -178,8 +178,6 @@ def test_ray_cluster_connect_makes_this_process_a_driver(cluster: RayCluster):
 def test_topology_listens_on_loopback_only_loses_node2_alone_and_tears_down_every_process():
     with full_topology() as topo:
         pids = set(topo.pids())
-        parts = {p.split("/")[1] for p in (topo.postgres.marker, topo.mlflow.marker)}
-        assert parts == {"postgres", "mlflow"}
         assert topo.postgres.process.pid in pids and topo.mlflow.process.pid in pids
         listening = _listening_addresses(pids)
         ports = {int(a.rsplit(":", 1)[1]) for a in listening}
@@ -189,9 +187,11 @@ def test_topology_listens_on_loopback_only_loses_node2_alone_and_tears_down_ever
         head, node2 = topo.ray.nodes["head"], topo.ray.nodes["node2"]
         head_core = {p for p in head.pids() if _comm(p) in ("gcs_server", "raylet")}
         assert len(head_core) == 2
+        node2_raylet = {p for p in node2.pids() if _comm(p) == "raylet"}
+        assert len(node2_raylet) == 1
         killed = topo.ray.kill_node("node2")
-        assert "raylet" in {_comm(p) for p in killed} and not set(killed) & head_core
-        assert node2.pids() == [] and node2.process.poll() is not None
+        assert node2_raylet <= set(killed) and not set(killed) & head_core
+        assert node2.pids() == [] and not any(is_running(p) for p in killed) and node2.process.poll() is not None
         (survivor,) = topo.ray.wait_for_alive_nodes(1)
         assert "node:__internal_head__" in survivor["resources"]
         assert head.process.poll() is None and all(is_running(p) for p in head_core)

@@ -584,6 +584,8 @@ class RayCluster:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,176 @@
+"""What MLflow costs the sweep per trial: the driver's exact calls, against SQLite and a real ``mlflow server``.
+
+Per trial the sweep's driver (pipeline/sweep.py with pipeline/tracking.py ``Tracker``) does:
+
+1. ``create_run``: ``MlflowClient.create_run`` with the trial's tags, then ``log_batch`` of its params;
+2. ``trial_runs(exp, key)``: search the trial's runs (the claim);
+3. ``log_epochs``: one ``log_batch`` of every epoch (21 epochs x 3 metrics) with the heartbeat and node tags
+   (a default trial takes well under the 2 s flush interval, so its epochs go in one batch);
+4. ``trial_runs(exp, key)`` again (the check before FINISHED);
+5. ``end_run``: ``set_terminated`` FINISHED.
+
+Those calls, through the same ``Tracker`` methods, are timed here for ``--trials`` trials of the default grid in
+a fresh experiment (so the searches see a store that grows as in a real sweep), against a fresh SQLite store and
+against ``mlflow server --host 127.0.0.1`` on another fresh SQLite store (started by tests/topology.py's
+``mlflow_server``). Reports the median and mean ms per trial and per call.
+
+    python -m benchmarks.bench_logging [--trials 160] [--no-server] [--json PATH]
+
+(It starts a server: run it in a loopback-only network namespace.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+EXPERIMENT = "bench-logging"
+SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+CALLS = ("create_run", "claim_search", "log_epochs", "finish_search", "end_run")
+
+
+def epoch_records(epochs: int, rng_seed: int = 0) -> list[tuple[int, dict[str, float], int]]:
+    """``(epoch, metrics, timestamp ms)`` for epochs 0..epochs, as the Ray task streams them."""
+    import numpy as np
+
+    rng = np.random.default_rng(rng_seed)
+    now = int(time.time() * 1000)
+    return [(e, {"train_acc": float(rng.random()), "train_loss": float(rng.random() * 2),
+                 "test_acc": float(rng.random())}, now + 25 * e) for e in range(epochs + 1)]
+
+
+def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str = EXPERIMENT) -> dict:
+    """Time the sweep's per-trial MLflow calls for every trial of ``grid`` against ``uri``.
+
+    The store is set up (schema, experiment) and ``warmup`` throw-away trials run before timing starts.
+    """
+    import numpy as np
+
+    from pipeline import tracking
+    from pipeline.trials import params_of, run_name, trial_key
+
+    tracker = tracking.Tracker(uri, retry_seconds=30)
+    exp_id = tracker.ensure_experiment(experiment)
+    sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    driver = tracking.driver_identity()
+    static_tags = {"run_kind": tracking.RUN_KIND_TRIAL, "sweep_id": sweep_id, "dataset": "fashion-mnist",
+                   "dataset_sha256": "0" * 64, "code_version": "bench", "driver": driver}
+    node_tags = {"ray_node": uuid.uuid4().hex * 2, "ray_node_ip": "127.0.0.1", "numpy_version": np.__version__}
+
+    def one_trial(config: dict) -> dict[str, float]:
+        key = trial_key(config)
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            times[name] = now - t
+            t = now
+
+        run_id, start_time = tracker.create_run(exp_id, run_name(config), params_of(config),
+                                                dict(static_tags, trial_key=key, heartbeat=f"{time.time():.0f}"))
+        lap("create_run")
+        mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
+        if tracking.winner(mine, tracker.trial_runs(exp_id, key), 900) is not None:
+            raise RuntimeError("benchmark claim lost: the store is not fresh")
+        lap("claim_search")
+        tracker.log_epochs(run_id, epoch_records(config["epochs"]), {"heartbeat": f"{time.time():.0f}", **node_tags})
+        lap("log_epochs")
+        if tracking.winner(mine, tracker.trial_runs(exp_id, key), 900) is not None:
+            raise RuntimeError("benchmark claim lost: the store is not fresh")
+        lap("finish_search")
+        tracker.end_run(run_id, "FINISHED")
+        lap("end_run")
+        times["total"] = sum(times.values())
+        return times
+
+    for i in range(warmup):
+        one_trial(dict(grid[0], seed=10_000 + i))  # distinct keys: never a rival of a timed trial
+    per_trial = [one_trial(config) for config in grid]
+    totals_ms = [p["total"] * 1000 for p in per_trial]
+    return {
+        "uri_kind": "server" if uri.startswith("http") else "sqlite",
+        "trials": len(per_trial),
+        "ms_per_trial_median": statistics.median(totals_ms),
+        "ms_per_trial_mean": statistics.fmean(totals_ms),
+        "ms_per_trial_p90": float(np.percentile(totals_ms, 90)),
+        "ms_per_call_median": {c: statistics.median(p[c] * 1000 for p in per_trial) for c in CALLS},
+    }
+
+
+def bench_logging(grid: list[dict], *, server: bool = True, suppressed_url_variant: bool = True) -> dict:
+    """``{"sqlite": ..., "server": ...}``: :func:`time_tracker` against each store, both fresh.
+
+    Against a server, MLflow's ``set_terminated`` also fetches the run again (``GET runs/get``) to print
+    "View run ... at: URL" to stdout, unless ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` is true; the sweep
+    does not set it, so ``server`` includes that cost (the prints are captured here, and counted).
+    With ``suppressed_url_variant`` the server is timed a second time with the variable set
+    (``server_url_suppressed``), on a fresh experiment of the same store.
+    """
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bns-bench-log-") as tmp:
+        out["sqlite"] = time_tracker(f"sqlite:///{Path(tmp) / 'direct.db'}", grid)
+        if server:
+            from tests.topology import mlflow_server
+
+            with mlflow_server(f"sqlite:///{Path(tmp) / 'server.db'}") as srv:
+                printed = io.StringIO()
+                with contextlib.redirect_stdout(printed):
+                    out["server"] = time_tracker(srv.url, grid)
+                out["server"]["stdout_lines_printed_by_mlflow"] = len(printed.getvalue().splitlines())
+                if suppressed_url_variant:
+                    previous = os.environ.get(SUPPRESS_URL_ENV)
+                    os.environ[SUPPRESS_URL_ENV] = "true"
+                    try:
+                        printed = io.StringIO()
+                        with contextlib.redirect_stdout(printed):
+                            out["server_url_suppressed"] = time_tracker(srv.url, grid,
+                                                                        experiment=EXPERIMENT + "-suppressed")
+                        out["server_url_suppressed"]["stdout_lines_printed_by_mlflow"] = len(
+                            printed.getvalue().splitlines())
+                    finally:
+                        if previous is None:
+                            os.environ.pop(SUPPRESS_URL_ENV, None)
+                        else:
+                            os.environ[SUPPRESS_URL_ENV] = previous
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.bench_sweep import grid_args, sweep_grid
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grid-seeds", type=int, default=5, help="trials of the default grid with these seeds")
+    parser.add_argument("--no-server", action="store_true", help="SQLite only")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.grid_seeds < 1:
+        parser.exit(2, "bench_logging: error: --grid-seeds must be >= 1\n")
+    _, _, grid = sweep_grid(grid_args(args.grid_seeds))
+    result = bench_logging(grid, server=not args.no_server)
+    for kind, r in result.items():
+        calls = ", ".join(f"{c} {v:.1f}" for c, v in r["ms_per_call_median"].items())
+        print(f"{kind:6s}: {r['ms_per_trial_median']:.1f} ms/trial median ({r['ms_per_trial_mean']:.1f} mean) "
+              f"over {r['trials']} trials; per call ms: {calls}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,494 @@
+"""The benchmark suite (issue 6): one command, a table of every number against its target, and a JSON file.
+
+    unshare -n sh -c 'ip link set lo up && python -m benchmarks.run_all [--quick] [--json PATH]'
+
+Sections (``--only`` picks some; see benchmarks/README.md for what each number means):
+
+- ``trial``     one default trial, plain/batchnorm x float64/float32: median time, and the fraction of its
+                matrix-product limit (FLOPs counted from the config, rates measured here on its shapes);
+- ``logging``   the sweep driver's MLflow calls per trial, SQLite and ``mlflow server``: ms and % of a trial;
+- ``analysis``  ``analysis.load_runs`` of 1000 runs x 21 epochs, SQLite and server (bench_analysis_load);
+- ``memory``    a worker's peak RSS for the default trial, the driver's RSS, the data put into Ray once;
+- ``grid``      the default grid (160 trials): the sweep's efficiency against the ideal (sum of compute
+                times / workers), and its peers in the same run: Ray Tune (defaults, reuse_actors; with
+                MLflowLoggerCallback) and a plain process pool. Wall-time ratios within each repetition.
+
+Anything that starts Ray or a server needs a loopback-only network namespace (the command above).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SECTIONS = ("trial", "logging", "analysis", "memory", "grid")
+NEEDS_LOOPBACK = {"logging", "analysis", "memory", "grid"}
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "latest.json"
+#: Peers of the sweep run in the grid section, by name: (kind, reuse_actors, MLflowLoggerCallback).
+PEERS = {
+    "pool": ("pool", False, False),
+    "tune_reuse_mlflow": ("tune", True, True),
+    "tune_default_mlflow": ("tune", False, True),
+    "tune_reuse": ("tune", True, False),
+    "tune_default": ("tune", False, False),
+}
+DEFAULT_PEERS = ("pool", "tune_reuse_mlflow", "tune_default_mlflow")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_avg() -> list[float]:
+    """1, 5 and 15 minute load averages (other processes share the 2 cores: read medians with this)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    import mlflow
+    import numpy as np
+    import ray
+    from threadpoolctl import threadpool_info
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+        "ray": ray.__version__, "mlflow": mlflow.__version__, "git_commit": commit,
+        "blas": [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} threads={i.get('num_threads')}"
+                 for i in threadpool_info()],
+    }
+
+
+def only_loopback() -> bool:
+    """True inside a network namespace whose only interface is ``lo``."""
+    return {name for _, name in socket.if_nameindex()} <= {"lo"}
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# ------------------------------------------------------------------------------------------------ sections
+
+
+def section_trial(reps: int) -> dict:
+    """Median time of one default trial per variant, and its fraction of the matrix-product limit."""
+    from threadpoolctl import threadpool_limits
+
+    from benchmarks import bench_trial, flops
+
+    data, source = bench_trial.load_data(None)
+    config = bench_trial.BASE_CONFIG
+    products = flops.trial_products(config)
+    times: dict = {v: [] for v in bench_trial.VARIANTS}
+    rate_samples: dict[str, list[dict]] = {"float64": [], "float32": []}
+    with threadpool_limits(limits=1):
+        for dtype, bn in bench_trial.VARIANTS:  # warm-up
+            bench_trial.time_trial({**config, "dtype": dtype, "use_batchnorm": bn}, data)
+        for _ in range(reps):  # trials and matmul rates interleaved: the same noise reaches both
+            for dtype, bn in bench_trial.VARIANTS:
+                times[dtype, bn].append(bench_trial.time_trial({**config, "dtype": dtype, "use_batchnorm": bn}, data))
+            for dtype in rate_samples:
+                rate_samples[dtype].append(flops.measure_rates(products, dtype, samples=3))
+    limits = {}
+    for dtype, samples in rate_samples.items():
+        rates = {key: {"median_s": statistics.median(s[key]["median_s"] for s in samples),
+                       "best_s": min(s[key]["best_s"] for s in samples)} for key in samples[0]}
+        limits[dtype] = flops.matmul_limit(products, rates)
+        limits[dtype]["limit_best_rates_s"] = flops.matmul_limit(products, rates, stat="best_s")["limit_s"]
+    variants = []
+    for dtype, bn in bench_trial.VARIANTS:
+        wall = [w for w, _ in times[dtype, bn]]
+        cpu = [c for _, c in times[dtype, bn]]
+        median = statistics.median(wall)
+        variants.append({"dtype": dtype, "use_batchnorm": bn, "median_s": median, "min_s": min(wall),
+                         "median_cpu_s": statistics.median(cpu), "times_s": wall,
+                         "limit_s": limits[dtype]["limit_s"], "fraction_of_limit": limits[dtype]["limit_s"] / median,
+                         "achieved_gflops_per_s": limits[dtype]["gflops"] / median})
+    return {"data": source, "reps": reps, "config": config, "gflop": flops.total_flops(products) / 1e9,
+            "gflop_with_input_dx": flops.total_flops(flops.trial_products(config, input_dx=True)) / 1e9,
+            "limits": limits, "variants": variants}
+
+
+def default_trial_seconds(results: dict) -> float | None:
+    """Compute time of an average default trial: the mean of the float64 plain and batchnorm medians
+    (the default grid is float64, half of it each arm)."""
+    trial = results.get("trial")
+    if not trial:
+        return None
+    return statistics.fmean(v["median_s"] for v in trial["variants"] if v["dtype"] == "float64")
+
+
+def section_logging(grid: list[dict]) -> dict:
+    from benchmarks.bench_logging import bench_logging
+
+    return bench_logging(grid, server=True)
+
+
+def section_analysis(runs: int, repeats: int) -> dict:
+    from benchmarks import bench_analysis_load
+
+    with tempfile.TemporaryDirectory(prefix="bns-bench-an-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        path = Path(tmp) / "analysis.json"
+        code = bench_analysis_load.main(["--runs", str(runs), "--repeats", str(repeats), "--no-compare",
+                                         "--json", str(path)])
+        if code != 0:
+            raise RuntimeError(f"bench_analysis_load exited {code}")
+        return json.loads(path.read_text())
+
+
+def section_memory(sweep_args: list[str], workers: int) -> dict:
+    from benchmarks.bench_memory import bench_memory
+
+    return bench_memory(sweep_args, workers)
+
+
+def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int, peers: list[str]) -> dict:
+    """The sweep against the ideal and against its peers; every repetition runs all of them back to back."""
+    from benchmarks import bench_peers, bench_sweep
+
+    ns, base, grid = bench_sweep.sweep_grid(sweep_args)
+    data = bench_sweep.sweep_data(ns, base)
+    _say(f"[grid] computing the {len(grid)} trials in this process (single-threaded BLAS) ...")
+    load_before = load_avg()
+    compute = bench_sweep.compute_times(grid, data)
+    ideal = sum(compute) / workers
+    _say(f"[grid] compute {sum(compute):.1f} s -> ideal {ideal:.1f} s with {workers} workers")
+    names = ["sweep", *peers]
+    repetitions = []
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: drift in load spreads over all
+        rep_result: dict = {"order": order, "load_before": load_avg()}
+        with tempfile.TemporaryDirectory(prefix="bns-bench-grid-") as tmp:
+            for name in order:
+                if name.startswith("tune") and rep >= tune_reps:
+                    continue
+                where = Path(tmp) / name
+                _say(f"[grid] rep {rep + 1}/{reps}: {name} ...")
+                if name == "sweep":
+                    run = bench_sweep.run_sweep(sweep_args, workers, where)
+                    run.update(bench_sweep.efficiency(run, ideal))
+                else:
+                    kind, reuse, mlflow = PEERS[name]
+                    run = bench_peers.run_peer(kind, sweep_args, where, workers=workers, reuse_actors=reuse,
+                                               mlflow=mlflow)
+                _say(f"[grid]   {name}: {run['wall_s']:.1f} s wall")
+                rep_result[name] = run
+        rep_result["load_after"] = load_avg()
+        sweep_wall = rep_result["sweep"]["wall_s"]
+        rep_result["ratios"] = {f"{p}_over_sweep": rep_result[p]["wall_s"] / sweep_wall for p in peers
+                                if p in rep_result}
+        repetitions.append(rep_result)
+
+    sweeps = [r["sweep"] for r in repetitions]
+    ratio_names = sorted({k for r in repetitions for k in r["ratios"]})
+    summary = {
+        "trials": len(grid), "workers": workers, "reps": reps, "tune_reps": min(tune_reps, reps),
+        "compute_sum_s": sum(compute), "compute_median_s": statistics.median(compute), "ideal_s": ideal,
+        "sweep_wall_median_s": _median(s["wall_s"] for s in sweeps),
+        "sweep_total_median_s": _median(s["sweep_total_s"] for s in sweeps),
+        "ray_ready_median_s": _median(s["ray_ready_s"] for s in sweeps),
+        "efficiency": _median(s["efficiency"] for s in sweeps),
+        "efficiency_sweep_total": _median(s["efficiency_sweep_total"] for s in sweeps),
+        "efficiency_excl_startup": _median(s["efficiency_excl_startup"] for s in sweeps),
+        "in_flight_median_s": _median(s["mlflow"]["in_flight_median_s"] for s in sweeps),
+        "peer_wall_median_s": {p: _median(r[p]["wall_s"] for r in repetitions if p in r) for p in peers},
+        "ratios": {k: _median(r["ratios"].get(k) for r in repetitions) for k in ratio_names},
+    }
+    return {"summary": summary, "compute_times_s": compute, "load_before_compute": load_before,
+            "repetitions": repetitions}
+
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+def targets(results: dict) -> list[dict]:
+    """Every target of issue 6 that these results measure: name, measured value, target, met."""
+    out: list[dict] = []
+
+    def add(name: str, value: float | None, op: str, bound: float, unit: str = "") -> None:
+        if value is None:
+            return
+        met = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+        out.append({"name": name, "value": value, "target": f"{op} {bound:g}{unit}", "unit": unit, "met": met})
+
+    trial = results.get("trial")
+    if trial:
+        for v in trial["variants"]:
+            arm = "batchnorm" if v["use_batchnorm"] else "plain"
+            add(f"trial {v['dtype']} {arm}: fraction of matmul limit", v["fraction_of_limit"], ">=",
+                0.6 if v["dtype"] == "float64" else 0.5)
+    grid = results.get("grid")
+    if grid:
+        s = grid["summary"]
+        add(f"sweep efficiency, {s['trials']} trials, {s['workers']} workers, Ray start-up included",
+            s["efficiency"], ">=", 0.85)
+        r = s["ratios"]
+        add("Tune reuse_actors+MLflowLoggerCallback wall / sweep wall", r.get("tune_reuse_mlflow_over_sweep"),
+            ">=", 3.0, "x")
+        add("Tune defaults+MLflowLoggerCallback wall / sweep wall", r.get("tune_default_mlflow_over_sweep"),
+            ">=", 5.0, "x")
+        if r.get("pool_over_sweep"):
+            add("sweep wall / 2-process pool wall", 1 / r["pool_over_sweep"], "<=", 1.25, "x")
+    logging_ = results.get("logging")
+    trial_s = default_trial_seconds(results) or (
+        grid["summary"]["compute_median_s"] if grid else None)
+    if logging_ and trial_s:
+        for kind in ("sqlite", "server", "server_url_suppressed"):
+            if kind in logging_:
+                add(f"MLflow logging per trial ({kind}), % of a default trial",
+                    100 * logging_[kind]["ms_per_trial_median"] / 1000 / trial_s, "<=", 3.0, "%")
+    analysis = results.get("analysis")
+    if analysis:
+        for kind in ("sqlite", "server"):
+            if kind in analysis:
+                add(f"load_runs {analysis['runs']} runs x {analysis['epochs'] + 1} epochs ({kind}, warm)",
+                    analysis[kind]["warm_median_s"], "<=", 5.0, " s")
+                add(f"load_runs {analysis['runs']} runs x {analysis['epochs'] + 1} epochs ({kind}, cold)",
+                    analysis[kind]["cold_s"], "<=", 5.0, " s")
+    memory = results.get("memory")
+    if memory:
+        add("trial peak RSS, fresh process, data as the sweep passes it", memory["trial"]["peak_mb"], "<", 300,
+            " MB")
+        add("trial peak RSS, fresh process with ray imported", memory["trial_with_ray_imported"]["peak_mb"], "<",
+            300, " MB")
+        add("Ray worker peak RSS during the sweep (sampled)", memory["sweep"]["sampled_rss"]["worker_mb"], "<",
+            300, " MB")
+        add("ray.put calls of the sweep driver (the data set once)", memory["sweep"]["ray_put_calls"], "<=", 1)
+    return out
+
+
+def ratios(results: dict) -> dict[str, float]:
+    """The dimensionless figures of the run, flat (each is a positive finite number)."""
+    out: dict[str, float] = {}
+    if results.get("trial"):
+        for v in results["trial"]["variants"]:
+            arm = "batchnorm" if v["use_batchnorm"] else "plain"
+            out[f"trial_{v['dtype']}_{arm}_fraction_of_limit"] = v["fraction_of_limit"]
+    if results.get("grid"):
+        s = results["grid"]["summary"]
+        out["sweep_efficiency"] = s["efficiency"]
+        out["sweep_efficiency_excl_startup"] = s["efficiency_excl_startup"]
+        out.update({k: v for k, v in s["ratios"].items() if v is not None})
+    trial_s = default_trial_seconds(results) or (
+        results["grid"]["summary"]["compute_median_s"] if results.get("grid") else None)
+    if results.get("logging") and trial_s:
+        for kind, r in results["logging"].items():
+            out[f"logging_{kind}_fraction_of_trial"] = r["ms_per_trial_median"] / 1000 / trial_s
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def table(results: dict) -> str:
+    """The human-readable summary: the measurements, then every target with met / NOT MET."""
+    lines = []
+    trial = results.get("trial")
+    if trial:
+        lines.append(f"One default trial ({trial['gflop']:.2f} GFLOP of matrix products; "
+                     f"{trial['gflop_with_input_dx']:.2f} with the input gradient), median of {trial['reps']}:")
+        lines.append(f"  {'dtype':8} {'arm':10} {'median s':>9} {'limit s':>8} {'of limit':>9} {'GFLOP/s':>8}")
+        for v in trial["variants"]:
+            arm = "batchnorm" if v["use_batchnorm"] else "plain"
+            lines.append(f"  {v['dtype']:8} {arm:10} {v['median_s']:9.3f} {v['limit_s']:8.3f} "
+                         f"{100 * v['fraction_of_limit']:8.0f}% {v['achieved_gflops_per_s']:8.1f}")
+        for dtype, lim in trial["limits"].items():
+            lines.append(f"  matmul rate on the trial's shapes, {dtype}, 1 thread: {lim['gflops_per_s']:.1f} GFLOP/s "
+                         "(" + ", ".join(f"{p['kind']} {p['m']}x{p['k']}x{p['n']} {p['gflops_per_s']:.0f}"
+                                         for p in lim["products"]) + ")")
+    grid = results.get("grid")
+    if grid:
+        s = grid["summary"]
+        lines.append(f"Grid of {s['trials']} trials, {s['workers']} workers ({s['reps']} reps; Tune {s['tune_reps']}):")
+        lines.append(f"  compute in one process {s['compute_sum_s']:.1f} s -> ideal {s['ideal_s']:.1f} s")
+        lines.append(f"  pipeline.sweep: wall {s['sweep_wall_median_s']:.1f} s (its own total "
+                     f"{s['sweep_total_median_s']:.1f} s, Ray and data ready after {s['ray_ready_median_s']:.1f} s)"
+                     f" -> efficiency {s['efficiency']:.2f}, {s['efficiency_excl_startup']:.2f} without start-up")
+        for peer, wall in s["peer_wall_median_s"].items():
+            ratio = s["ratios"].get(f"{peer}_over_sweep")
+            if wall is not None:
+                lines.append(f"  {peer:22s} wall {wall:7.1f} s = {ratio:.2f} x the sweep")
+    logging_ = results.get("logging")
+    if logging_:
+        for kind, r in logging_.items():
+            calls = ", ".join(f"{c} {v:.1f}" for c, v in r["ms_per_call_median"].items())
+            lines.append(f"MLflow per trial ({kind}): {r['ms_per_trial_median']:.1f} ms median, "
+                         f"{r['ms_per_trial_mean']:.1f} mean ({calls} ms)")
+    analysis = results.get("analysis")
+    if analysis:
+        for kind in ("sqlite", "server"):
+            if kind in analysis:
+                a = analysis[kind]
+                lines.append(f"load_runs {analysis['runs']} runs ({kind}): cold {a['cold_s']:.2f} s, "
+                             f"warm {a['warm_median_s']:.2f} s")
+    memory = results.get("memory")
+    if memory:
+        sw = memory["sweep"]
+        lines.append(f"Memory: trial peak RSS {memory['trial']['peak_mb']:.0f} MB "
+                     f"({memory['trial_with_ray_imported']['peak_mb']:.0f} MB with ray imported); sweep: "
+                     f"driver peak {sw['driver_maxrss_mb']:.0f} MB, Ray worker peak "
+                     f"{sw['sampled_rss']['worker_mb']:.0f} MB, ray.put x{sw['ray_put_calls']} "
+                     f"({sum(sw['ray_put_mb']):.1f} MB), object store at end {sw['object_store_at_end']}")
+    rows = results.get("targets", [])
+    if rows:
+        width = max(len(r["name"]) for r in rows)
+        lines.append("")
+        lines.append(f"{'target':{width}}  {'measured':>10}  {'wanted':>10}  met")
+        for r in rows:
+            value = f"{100 * r['value']:.0f}%" if "fraction" in r["name"] else f"{r['value']:.3g}{r['unit']}"
+            wanted = r["target"].replace(">= 0.6", ">= 60%").replace(">= 0.5", ">= 50%")
+            lines.append(f"{r['name']:{width}}  {value:>10}  {wanted:>10}  {'met' if r['met'] else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="a fast pass: 1 seed (32 trials), 1 repetition, 2 trial reps, 100 runs for load_runs")
+    p.add_argument("--json", type=Path, default=None,
+                   help=f"write the results here (default {DEFAULT_JSON.relative_to(REPO)}; with --quick: none)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections ({', '.join(SECTIONS)})")
+    p.add_argument("--grid-seeds", type=int, help="seeds 0..N-1 of the default grid (default 5: 160 trials)")
+    p.add_argument("--reps", type=int, help="repetitions of the grid runs (default 3; --quick 1)")
+    p.add_argument("--tune-reps", type=int, help="of those, how many also run Ray Tune (default 1)")
+    p.add_argument("--trial-reps", type=int, help="timed repetitions per trial variant (default 7; --quick 2)")
+    p.add_argument("--analysis-runs", type=int, help="runs for load_runs (default 1000; --quick 100)")
+    p.add_argument("--peers", default=",".join(DEFAULT_PEERS),
+                   help=f"peers of the sweep in the grid section ({', '.join(PEERS)})")
+    p.add_argument("--workers", type=int, default=2, help="workers of the sweep and its peers (default 2)")
+    g = p.add_argument_group("shrinking the grid (smoke tests only: the targets are about the default grid)")
+    g.add_argument("--weight-scales", help="comma list instead of the 16 default scales")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--train-size", type=int)
+    g.add_argument("--test-size", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def usage(message: str) -> int:
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 2
+
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    if not sections or set(sections) - set(SECTIONS):
+        return usage(f"--only {args.only!r}: choose from {', '.join(SECTIONS)}")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if set(peers) - set(PEERS):
+        return usage(f"--peers {args.peers!r}: choose from {', '.join(PEERS)}")
+    seeds = args.grid_seeds or (1 if args.quick else 5)
+    reps = args.reps or (1 if args.quick else 3)
+    tune_reps = args.tune_reps if args.tune_reps is not None else 1
+    trial_reps = args.trial_reps or (2 if args.quick else 7)
+    analysis_runs = args.analysis_runs or (100 if args.quick else 1000)
+    for name, value in (("--grid-seeds", seeds), ("--reps", reps), ("--trial-reps", trial_reps),
+                        ("--analysis-runs", analysis_runs), ("--workers", args.workers)):
+        if value < 1:
+            return usage(f"{name} must be >= 1 (got {value})")
+    if tune_reps < 0:
+        return usage(f"--tune-reps must be >= 0 (got {tune_reps})")
+    if NEEDS_LOOPBACK & set(sections) and not only_loopback():
+        return usage("these sections start Ray or servers: run inside a loopback-only network namespace, "
+                     "unshare -n sh -c 'ip link set lo up && python -m benchmarks.run_all ...'")
+    json_path = args.json if args.json is not None else (None if args.quick else DEFAULT_JSON)
+
+    from benchmarks.bench_sweep import grid_args, sweep_grid
+
+    try:
+        sweep_args = grid_args(seeds, weight_scales=args.weight_scales, epochs=args.epochs,
+                               train_size=args.train_size, test_size=args.test_size)
+        _, _, grid = sweep_grid(sweep_args)
+    except (SystemExit, ValueError) as exc:
+        return usage(f"bad grid options ({exc})")
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = time.perf_counter()
+    results: dict = {
+        "benchmark": "bnsweep run_all",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "settings": {"quick": args.quick, "sections": sections, "grid_seeds": seeds, "grid_trials": len(grid),
+                     "sweep_args": sweep_args, "reps": reps, "tune_reps": tune_reps, "trial_reps": trial_reps,
+                     "analysis_runs": analysis_runs, "workers": args.workers, "peers": peers},
+        "load": {},
+        "section_seconds": {},
+    }
+    for section in SECTIONS:
+        if section not in sections:
+            continue
+        _say(f"== {section} (load {load_avg()})")
+        before = load_avg()
+        t0 = time.perf_counter()
+        if section == "trial":
+            results["trial"] = section_trial(trial_reps)
+        elif section == "logging":
+            results["logging"] = section_logging(grid)
+        elif section == "analysis":
+            results["analysis"] = section_analysis(analysis_runs, 3 if not args.quick else 2)
+        elif section == "memory":
+            results["memory"] = section_memory(sweep_args, args.workers)
+        elif section == "grid":
+            results["grid"] = section_grid(sweep_args, args.workers, reps, tune_reps, peers)
+        results["section_seconds"][section] = time.perf_counter() - t0
+        results["load"][section] = {"before": before, "after": load_avg()}
+    results["targets"] = targets(results)
+    results["ratios"] = ratios(results)
+    results["total_seconds"] = time.perf_counter() - started
+
+    print(table(results))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        _say(f"wrote {json_path}")
+    bad = [k for k, v in results["ratios"].items() if not (math.isfinite(v) and v > 0)]
+    if bad:
+        _say(f"warning: non-positive or non-finite figures: {', '.join(bad)}")
+    return 0
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
