@@ -232,14 +232,19 @@ def read_runs(uri: str, experiment: str) -> dict:
         [exp.experiment_id], "tags.run_kind = 'trial'", ViewType.ACTIVE_ONLY, max_results=50000)
     statuses: dict[str, int] = {}
     durations = []
+    finish_ms = []  # the worker's timestamp of the last epoch -> the run's end_time: the driver's finishing
     for r in runs:
         statuses[r.info.status] = statuses.get(r.info.status, 0) + 1
         if r.info.end_time and r.info.start_time:
             durations.append((r.info.end_time - r.info.start_time) / 1000)
+            last = max((m.timestamp for m in r.data._metric_objs), default=None)
+            if last is not None:
+                finish_ms.append(r.info.end_time - last)
     first = min((r.info.start_time for r in runs), default=0)
     last = max((r.info.end_time or 0 for r in runs), default=0)
     return {"runs": len(runs), "statuses": statuses, "in_flight_sum_s": sum(durations),
             "in_flight_median_s": statistics.median(durations) if durations else None,
+            "last_epoch_to_end_median_ms": statistics.median(finish_ms) if finish_ms else None,
             "first_start_to_last_end_s": (last - first) / 1000 if runs else None}
 
 

@@ -29,6 +29,8 @@ from tests.topology import (
     mlflow_pg_server,  # noqa: F401 (fixture)
     pg_server,  # noqa: F401 (fixture)
     ray_cluster,
+    snapshot,
+    still_running,
 )
 
 pytestmark = pytest.mark.slow
@@ -178,6 +180,7 @@ def test_ray_cluster_connect_makes_this_process_a_driver(cluster: RayCluster):
 def test_topology_listens_on_loopback_only_loses_node2_alone_and_tears_down_every_process():
     with full_topology() as topo:
         pids = set(topo.pids())
+        started = snapshot(pids)
         assert topo.postgres.process.pid in pids and topo.mlflow.process.pid in pids
         listening = _listening_addresses(pids)
         ports = {int(a.rsplit(":", 1)[1]) for a in listening}
@@ -189,14 +192,15 @@ def test_topology_listens_on_loopback_only_loses_node2_alone_and_tears_down_ever
         assert len(head_core) == 2
         node2_raylet = {p for p in node2.pids() if _comm(p) == "raylet"}
         assert len(node2_raylet) == 1
+        node2_processes = snapshot(node2.pids())
         killed = topo.ray.kill_node("node2")
         assert node2_raylet <= set(killed) and not set(killed) & head_core
-        assert node2.pids() == [] and not any(is_running(p) for p in killed) and node2.process.poll() is not None
+        assert node2.pids() == [] and still_running(node2_processes) == [] and node2.process.poll() is not None
         (survivor,) = topo.ray.wait_for_alive_nodes(1)
         assert "node:__internal_head__" in survivor["resources"]
         assert head.process.poll() is None and all(is_running(p) for p in head_core)
         assert topo.mlflow.healthy()
-        every_pid = set(topo.pids()) | pids
+        every_process = snapshot(topo.pids()) | started
         topology_id = topo.topology_id
     assert marked_pids(topology_id + "/") == []
-    assert [p for p in every_pid if is_running(p)] == []
+    assert still_running(every_process) == []

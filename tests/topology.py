@@ -105,6 +105,25 @@ def is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def _start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of ``pid``, or None if it does not exist."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def snapshot(pids) -> set[tuple[int, int]]:
+    """(pid, start time) of each of ``pids`` that exists now: an identity that survives PID reuse
+    (``pid_max`` is 32768 here, and parallel test suites spawn many processes)."""
+    return {(pid, start) for pid in pids if (start := _start_time(pid)) is not None}
+
+
+def still_running(processes: set[tuple[int, int]]) -> list[int]:
+    """PIDs of the snapshotted ``processes`` that are still the same process and running."""
+    return sorted(pid for pid, start in processes if _start_time(pid) == start and is_running(pid))
+
+
 def marked_pids(prefix: str) -> list[int]:
     """PIDs of live processes whose marker starts with ``prefix`` (a topology id, or ``<id>/<part>``)."""
     wanted = f"{MARKER_ENV}={prefix}".encode()
@@ -357,11 +376,11 @@ class MlflowServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def healthy(self) -> bool:
-        """True if ``GET /health`` answers 200 right now."""
+    def healthy(self, timeout: float = 5.0) -> bool:
+        """True if ``GET /health`` answers 200 (within ``timeout`` seconds)."""
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with opener.open(f"{self.url}/health", timeout=2) as resp:
+            with opener.open(f"{self.url}/health", timeout=timeout) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -379,7 +398,7 @@ class MlflowServer:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
                                             env=_process_env(self.marker), start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not self.healthy():
+        while not self.healthy(timeout=2.0):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise TopologyError(f"MLflow server did not come up on port {self.port}: "
                                     f"{_log_tail(self.log_path)}")

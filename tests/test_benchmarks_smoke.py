@@ -1,0 +1,112 @@
+"""The benchmark suite's code paths, on a tiny grid: no timing is asserted, only that every piece runs for real
+(Ray, Ray Tune, MLflow SQLite and server, the process pool) and that the JSON holds what the README promises."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import flops, run_all
+
+TINY = ["--weight-scales", "0.1,0.01", "--grid-seeds", "1", "--epochs", "2", "--train-size", "200",
+        "--test-size", "100", "--reps", "1", "--tune-reps", "1", "--trial-reps", "1", "--analysis-runs", "20",
+        "--peers", "pool,tune_reuse_mlflow"]
+
+
+def test_flop_count_of_the_default_trial():
+    """784-100x5-10, batch 100, 1000 samples, 20 epochs: counted by hand, product by product."""
+    config = {"epochs": 20, "batch_size": 100, "train_size": 1000, "test_size": 1000, "hidden_size_list": [100] * 5}
+    steps, layers = 200, [(784, 100)] + [(100, 100)] * 4 + [(100, 10)]
+    forward = sum(2 * 100 * k * n for k, n in layers) * steps
+    backward_dw = forward  # (k, B) @ (B, n): the same 2*B*k*n per layer
+    backward_dx = sum(2 * 100 * k * n for k, n in layers[1:]) * steps  # no gradient for the input
+    evaluation = sum(2 * 1000 * k * n for k, n in layers) * 21 * 2  # epochs 0..20, train and test subsets
+    products = flops.trial_products(config)
+    by_kind = flops.flops_by_kind(products)
+    assert by_kind == {"forward": forward, "backward_dW": backward_dw, "backward_dx": backward_dx,
+                       "eval": evaluation}
+    assert flops.total_flops(products) == 21_221_600_000
+    with_dx = flops.trial_products(config, input_dx=True)
+    assert flops.total_flops(with_dx) - flops.total_flops(products) == 2 * 100 * 784 * 100 * steps
+
+
+def test_flop_count_splits_a_short_last_batch():
+    config = {"epochs": 3, "batch_size": 4, "train_size": 10, "test_size": 6, "hidden_size_list": [5]}
+    products = flops.trial_products(config, input_size=7, output_size=2)
+    forward_rows = sorted((p.m, p.count) for p in products if p.kind == "forward" and p.k == 7)
+    assert forward_rows == [(2, 3), (4, 6)]  # per epoch two batches of 4 and one of 2
+    evals = sorted((p.m, p.count) for p in products if p.kind == "eval" and p.k == 7)
+    assert evals == [(6, 4), (10, 4)]  # epochs 0..3, train and test subsets
+
+
+def test_matmul_limit_adds_up_counted_products():
+    config = {"epochs": 1, "batch_size": 10, "train_size": 20, "test_size": 20, "hidden_size_list": [8]}
+    products = flops.trial_products(config, input_size=16, output_size=4)
+    rates = flops.measure_rates(products, "float32", samples=1, min_sample_s=0.001)
+    limit = flops.matmul_limit(products, rates)
+    expected = sum(p.count * rates[p.shape_key]["median_s"] for p in products)
+    assert limit["limit_s"] == pytest.approx(expected)
+    assert limit["flops"] == flops.total_flops(products)
+    assert all(row["gflops_per_s"] > 0 for row in limit["products"])
+
+
+@pytest.mark.parametrize("argv", [["--only", "trial,bogus"], ["--reps", "0"], ["--peers", "dask"],
+                                  ["--weight-scales", "-1", "--only", "trial"]])
+def test_bad_options_exit_2(argv, capsys):
+    assert run_all.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0]
+
+
+@pytest.mark.slow
+def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert run_all.main([*TINY, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+
+    assert set(result) >= {"machine", "settings", "load", "trial", "logging", "analysis", "memory", "grid",
+                           "targets", "ratios", "total_seconds"}
+    assert result["settings"]["grid_trials"] == 4
+
+    # every ratio is a positive finite number, and each one the README names is there
+    assert result["ratios"] and all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
+    for name in ("trial_float64_plain_fraction_of_limit", "trial_float32_batchnorm_fraction_of_limit",
+                 "sweep_efficiency", "sweep_efficiency_excl_startup", "pool_over_sweep",
+                 "tune_reuse_mlflow_over_sweep", "logging_sqlite_fraction_of_trial",
+                 "logging_server_fraction_of_trial"):
+        assert name in result["ratios"], name
+
+    trial = result["trial"]
+    assert [(v["dtype"], v["use_batchnorm"]) for v in trial["variants"]] == [
+        ("float64", False), ("float64", True), ("float32", False), ("float32", True)]
+    assert trial["gflop"] == pytest.approx(21.2216)
+    assert {row["kind"] for row in trial["limits"]["float64"]["products"]} == set(flops.KINDS)
+
+    grid = result["grid"]
+    rep = grid["repetitions"][0]
+    assert rep["sweep"]["mlflow"]["statuses"] == {"FINISHED": 4}
+    assert rep["sweep"]["trials_run"] == 4
+    assert rep["sweep"]["ray_ready_s"] < rep["sweep"]["sweep_total_s"] < rep["sweep"]["wall_s"]
+    assert rep["tune_reuse_mlflow"]["trials"] == 4 and rep["tune_reuse_mlflow"]["errors"] == 0
+    assert rep["pool"]["trials"] == 4
+    assert len(grid["compute_times_s"]) == 4
+
+    for kind in ("sqlite", "server"):
+        calls = result["logging"][kind]["ms_per_call_median"]
+        assert set(calls) == {"create_run", "claim_search", "log_epochs", "finish_search", "end_run"}
+        assert result["logging"][kind]["trials"] == 4
+    assert result["analysis"]["sqlite"]["rows"] == 20 * 21
+
+    memory = result["memory"]
+    assert memory["sweep"]["ray_put_calls"] == 1
+    assert memory["sweep"]["object_store_at_end"]["plasma_objects"] >= 1
+    assert 0 < memory["trial"]["after_imports_mb"] <= memory["trial"]["peak_mb"]
+    assert memory["trial_with_ray_imported"]["after_imports_mb"] > memory["trial"]["after_imports_mb"]
+
+    names = {t["name"] for t in result["targets"]}
+    assert any("sweep efficiency" in n for n in names) and any("load_runs" in n for n in names)
+    assert all(isinstance(t["met"], bool) for t in result["targets"])
+    assert "sweep efficiency" in table and ("NOT MET" in table or " met" in table)
