@@ -1,6 +1,5 @@
-"""Write requirements.lock: the exact versions installed here of bnsweep's runtime dependencies and of
-everything they pull in (ray[default], mlflow, numpy, pandas, matplotlib, scipy, tqdm, threadpoolctl,
-psycopg2-binary).
+"""Write requirements.lock: the exact versions installed here of bnsweep's runtime dependencies (those of
+pyproject.toml, plus psycopg2-binary for the MLflow server on PostgreSQL) and of everything they pull in.
 
 The Docker image installs exactly this set, so the MLflow server, the Ray head and workers and the sweep
 driver all run the same Ray and Python packages as the machine the lock was made on. Regenerate after an
@@ -13,13 +12,16 @@ from __future__ import annotations
 
 import platform
 import sys
+import tomllib
 from importlib import metadata
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOTS = ("ray[default]", "mlflow", "numpy", "pandas", "matplotlib", "scipy", "tqdm", "threadpoolctl",
-         "psycopg2-binary")
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+ROOTS = tuple(Requirement(r).name + "".join(f"[{e}]" for e in sorted(Requirement(r).extras))
+              for r in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]) + ("psycopg2-binary",)
 
 
 def closure(roots: tuple[str, ...]) -> dict[str, tuple[str, str]]:
