@@ -6,7 +6,7 @@ import argparse
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +21,7 @@ from analysis.figures import (
     scale_labels,
     seeds_text,
 )
-from analysis.load import load_runs, varying_config
+from analysis.load import diverged_counts, load_runs, varying_config
 from analysis.report import build_report, describe_data, findings
 from analysis.stats import ALPHA, DEFAULT_WIDTH, arm_summary, final_summary, nearest_scale, paired_comparison
 from analysis.store import cap_http_retries, check_tracking_uri, resolve_tracking_uri
@@ -91,6 +91,9 @@ def _data_notes(df: pd.DataFrame) -> list[str]:
         notes.append(f"duplicate trial {d['trial_key']} (W={d['weight_scale']!r}, "
                      f"{'bn' if d['use_batchnorm'] else 'plain'}, seed {d['seed']}): used run {d['kept_run_id']} "
                      f"(earliest), ignored {', '.join(d['dropped_run_ids'])}")
+    for (w, bn), n in sorted(diverged_counts(df).items(), key=lambda item: (-item[0][0], not item[0][1])):
+        notes.append(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g}: {n} trial(s) diverged (non-finite loss; "
+                     "FAILED runs with failure_reason 'diverged...', left out of the statistics)")
     for s in df.attrs.get("skipped", []):
         notes.append(f"skipped run {s['run_id']}: {s['reason']}")
     for col, values in varying_config(df).items():
@@ -107,7 +110,7 @@ def log_analysis_run(uri: str, experiment_id: str, files: list[Path], params: di
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     run = client.create_run(experiment_id, run_name=f"analysis {stamp}",
                             tags={"run_kind": "analysis", "mlflow.note.content": description})
     run_id = run.info.run_id
@@ -143,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     summary = arm_summary(df)
     comparison = paired_comparison(df, width=args.width, alpha=args.alpha)
+    diverged = diverged_counts(df)
+    for bn, column in ((True, "bn_diverged"), (False, "plain_diverged")):
+        comparison[column] = [diverged.get((w, bn), 0) for w in comparison["weight_scale"]]
     final = final_summary(df, width=args.width)
     curves_scale = nearest_scale(scales, args.scale)
     if abs(curves_scale / args.scale - 1) > 1e-9:
@@ -154,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     context = describe_data(df)
     written: list[Path] = []
     figs = {
-        "grid": plot_grid(summary, args.metric, context=context),
+        "grid": plot_grid(summary, args.metric, context=context, diverged=diverged),
         "curves": plot_curves(summary, curves_scale, context=context),
         "final_accuracy": plot_final_accuracy(final, context=context),
         "difference": plot_difference(comparison, context=context, alpha=args.alpha),
@@ -173,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
 
     text = findings(comparison, final, alpha=args.alpha, width=args.width)
+    if diverged:
+        where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g} in {n}"
+                          for (w, bn), n in sorted(diverged.items(), key=lambda i: (-i[0][0], not i[0][1])))
+        text += (f" Some trials diverged (non-finite loss) and are counted apart, not in the statistics: {where} "
+                 "seed(s).")
     print(text)
     if not args.no_log:
         counts = final[final["metric"] == "train_acc"]["n"]

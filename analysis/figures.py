@@ -84,12 +84,15 @@ def _legend_handles(band: bool = True) -> list:
     return handles
 
 
-def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str = "") -> Figure:
+def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str = "",
+              diverged: dict[tuple[float, bool], int] | None = None) -> Figure:
     """Figure 6-19 with uncertainty: one panel per weight scale (largest first), mean +- std per arm.
 
     ``summary`` is :func:`analysis.stats.arm_summary`. The grid is the smallest near-square one that
-    fits (4x4 for 16 scales). Arms with n < 2 at an epoch get no band there.
+    fits (4x4 for 16 scales). Arms with n < 2 at an epoch get no band there. ``diverged`` counts trials per
+    (weight_scale, use_batchnorm) whose loss diverged (not in ``summary``); panels with any say so.
     """
+    diverged = diverged or {}
     s = summary[summary["metric"] == metric]
     scales = sorted(s["weight_scale"].unique(), reverse=True)
     if not scales:
@@ -116,8 +119,11 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
         ax.set_xlim(0, max(max_epoch, 1))
         ax.grid(alpha=0.3, linewidth=0.5)
         n_bn, n_plain = counts.get((w, True), 0), counts.get((w, False), 0)
-        if counts.nunique() > 1:  # say n per panel only when it is not the same everywhere
-            ax.text(0.97, 0.04, f"n: BN {n_bn}, plain {n_plain}", transform=ax.transAxes, ha="right",
+        d_bn, d_plain = diverged.get((w, True), 0), diverged.get((w, False), 0)
+        if counts.nunique() > 1 or d_bn or d_plain:  # say n per panel only when it is not the same everywhere
+            text = (f"n: BN {n_bn}" + (f" (+{d_bn} diverged)" if d_bn else "")
+                    + f", plain {n_plain}" + (f" (+{d_plain} diverged)" if d_plain else ""))
+            ax.text(0.97, 0.04, text, transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=7, color="0.25",
                     bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
         if i % ncols == 0:
@@ -230,6 +236,7 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
     color = "tab:purple"
     pairs = []
+    shown: list[np.ndarray] = []
     any_nobar = False
     for ax, metric in zip(axes, metrics, strict=True):
         cm = comparison[comparison["metric"] == metric].sort_values("weight_scale")
@@ -258,9 +265,11 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
         ax.set_title(f"BN \u2212 plain, {metric_label(metric)} at the final epoch")
         ax.set_ylabel(f"paired difference in {metric_label(metric)}")
         _log_scale_axis(ax, comparison["weight_scale"].tolist())
-        finite = np.concatenate([y[np.isfinite(y)], lo[np.isfinite(lo)], hi[np.isfinite(hi)], [0.0]])
-        span = max(finite.max() - finite.min(), 0.02)
-        ax.set_ylim(finite.min() - 0.08 * span, finite.max() + 0.12 * span)
+        shown += [y[np.isfinite(y)], lo[np.isfinite(lo)], hi[np.isfinite(hi)]]
+    # One y range for both panels (they share the axis): everything plotted, and zero, stays in view.
+    finite = np.concatenate([*shown, [0.0]])
+    span = max(finite.max() - finite.min(), 0.02)
+    axes[0].set_ylim(finite.min() - 0.08 * span, finite.max() + 0.12 * span)
     n_text = seeds_text(pairs).replace("seeds per arm", "pairs (seeds) per scale").replace(
         "seed per arm", "pair (seed) per scale")
     sub = ", ".join(p for p in (context, n_text) if p)

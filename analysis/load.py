@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 METRICS = ("train_acc", "test_acc", "train_loss")
 TRIAL_FILTER = "tags.run_kind = 'trial' AND attributes.status = 'FINISHED'"
+#: Trials whose loss became non-finite: the sweep ends them FAILED with this reason (a result, not a crash).
+DIVERGED_FILTER = "tags.run_kind = 'trial' AND attributes.status = 'FAILED' AND tags.failure_reason LIKE 'diverged%'"
 SEARCH_PAGE = 5000  # runs per search request to a database store
 SERVER_PAGE = 250  # runs per search request to a server (histories of a page download meanwhile)
 
@@ -99,6 +101,7 @@ def load_runs(
     hist = hist[hist["run_id"].isin(set(kept["run_id"]))]
     t3 = time.perf_counter()
     df = _tidy(kept, hist, list(metrics), skipped)
+    diverged = _diverged_trials(client, exp.experiment_id, set(kept["trial_key"]) if len(kept) else set())
     t4 = time.perf_counter()
     df.attrs.update({
         "experiment": experiment,
@@ -107,6 +110,7 @@ def load_runs(
         "n_finished_runs": len(runs),
         "duplicates": duplicates,
         "skipped": skipped,
+        "diverged": diverged,
         "history_strategy": strategy,
         "timings_s": {"search_runs": t1 - t0, "runs_frame": t2 - t1, "histories": t3 - t2, "tidy": t4 - t3},
         "param_columns": [c for c in df.columns if c not in (*LEADING_COLUMNS, *metrics, *RUN_COLUMNS)],
@@ -123,6 +127,38 @@ def _search_finished_trials(client: MlflowClient, experiment_id: str, page_size:
         token = page.token
         if not token:
             return
+
+
+def _diverged_trials(client: MlflowClient, experiment_id: str, finished_keys: set[str]) -> list[dict]:
+    """One entry per trial that diverged and has no FINISHED run: weight_scale, use_batchnorm, seed, reason.
+
+    They are not in the statistics (they have no final accuracy) but the figures and the report count them.
+    """
+    found: dict[str, dict] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], DIVERGED_FILTER, max_results=SEARCH_PAGE, page_token=token)
+        for run in page:
+            key, params = run.data.tags.get("trial_key"), run.data.params
+            if not key or key in finished_keys or key in found:
+                continue
+            try:
+                found[key] = {"trial_key": key, "weight_scale": float(params["weight_scale"]),
+                              "use_batchnorm": parse_bool(params["use_batchnorm"]),
+                              "seed": _parse_int(params["seed"]), "reason": run.data.tags["failure_reason"]}
+            except (KeyError, ValueError):
+                continue
+        token = page.token
+        if not token:
+            return sorted(found.values(), key=lambda d: (-d["weight_scale"], not d["use_batchnorm"], d["seed"]))
+
+
+def diverged_counts(df: pd.DataFrame) -> dict[tuple[float, bool], int]:
+    """How many trials diverged per (weight_scale, use_batchnorm), from ``df.attrs["diverged"]``."""
+    counts: dict[tuple[float, bool], int] = {}
+    for d in df.attrs.get("diverged", []):
+        counts[(d["weight_scale"], d["use_batchnorm"])] = counts.get((d["weight_scale"], d["use_batchnorm"]), 0) + 1
+    return counts
 
 
 def _expected_steps(runs: list[Run]) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -213,7 +213,7 @@ def build_report(
     labels = scale_labels(scales)
     n_runs = df["run_id"].nunique()
     counts = final[final["metric"] == final["metric"].iloc[0]]["n"] if not final.empty else []
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# Batch normalization across weight scales: `{experiment}`", ""]
     out.append(f"Generated {now} from `{tracking_uri}`, experiment `{experiment}` "
                f"(id {df.attrs.get('experiment_id', '?')}). {n_runs} finished trial runs: {len(scales)} weight "

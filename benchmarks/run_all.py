@@ -19,7 +19,6 @@ Anything that starts Ray or a server needs a loopback-only network namespace (th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -30,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,14 +154,19 @@ def section_logging(grid: list[dict]) -> dict:
 
 
 def section_analysis(runs: int, repeats: int) -> dict:
-    from benchmarks import bench_analysis_load
+    """``bench_analysis_load`` in a fresh process: its first call is really cold, and this process's MLflow
+    settings (pipeline.tracking sets a 15 s HTTP timeout and no retries for the sweep) do not leak into it."""
+    from benchmarks.bench_sweep import bench_env, tail
 
-    with tempfile.TemporaryDirectory(prefix="bns-bench-an-") as tmp, contextlib.redirect_stdout(sys.stderr):
+    with tempfile.TemporaryDirectory(prefix="bns-bench-an-") as tmp:
         path = Path(tmp) / "analysis.json"
-        code = bench_analysis_load.main(["--runs", str(runs), "--repeats", str(repeats), "--no-compare",
-                                         "--json", str(path)])
-        if code != 0:
-            raise RuntimeError(f"bench_analysis_load exited {code}")
+        env = {k: v for k, v in bench_env().items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+        res = subprocess.run([sys.executable, "-m", "benchmarks.bench_analysis_load", "--runs", str(runs),
+                              "--repeats", str(repeats), "--no-compare", "--json", str(path)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+        if res.returncode != 0 or not path.exists():
+            raise RuntimeError(f"bench_analysis_load exited {res.returncode}: {tail(res.stdout + res.stderr)}")
+        _say(res.stdout.strip())
         return json.loads(path.read_text())
 
 
@@ -360,6 +363,8 @@ def table(results: dict) -> str:
                      f"driver peak {sw['driver_maxrss_mb']:.0f} MB, Ray worker peak "
                      f"{sw['sampled_rss']['worker_mb']:.0f} MB, ray.put x{sw['ray_put_calls']} "
                      f"({sum(sw['ray_put_mb']):.1f} MB), object store at end {sw['object_store_at_end']}")
+    for section, message in results.get("errors", {}).items():
+        lines.append(f"Section {section} FAILED: {message[:300]}")
     rows = results.get("targets", [])
     if rows:
         width = max(len(r["name"]) for r in rows)
@@ -441,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict = {
         "benchmark": "bnsweep run_all",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "settings": {"quick": args.quick, "sections": sections, "grid_seeds": seeds, "grid_trials": len(grid),
                      "sweep_args": sweep_args, "reps": reps, "tune_reps": tune_reps, "trial_reps": trial_reps,
@@ -455,31 +460,45 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"== {section} (load {load_avg()})")
         before = load_avg()
         t0 = time.perf_counter()
-        if section == "trial":
-            results["trial"] = section_trial(trial_reps)
-        elif section == "logging":
-            results["logging"] = section_logging(grid)
-        elif section == "analysis":
-            results["analysis"] = section_analysis(analysis_runs, 3 if not args.quick else 2)
-        elif section == "memory":
-            results["memory"] = section_memory(sweep_args, args.workers)
-        elif section == "grid":
-            results["grid"] = section_grid(sweep_args, args.workers, reps, tune_reps, peers)
+        try:
+            if section == "trial":
+                results["trial"] = section_trial(trial_reps)
+            elif section == "logging":
+                results["logging"] = section_logging(grid)
+            elif section == "analysis":
+                results["analysis"] = section_analysis(analysis_runs, 3 if not args.quick else 2)
+            elif section == "memory":
+                results["memory"] = section_memory(sweep_args, args.workers)
+            elif section == "grid":
+                results["grid"] = section_grid(sweep_args, args.workers, reps, tune_reps, peers)
+        except Exception as exc:  # noqa: BLE001 - one section failing must not lose the others
+            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            results.setdefault("errors", {})[section] = message[:2000]
+            _say(f"[{section}] FAILED: {message[:500]}")
         results["section_seconds"][section] = time.perf_counter() - t0
         results["load"][section] = {"before": before, "after": load_avg()}
+        if json_path:  # after every section: a later failure does not lose what was measured
+            _write_json(json_path, results)
     results["targets"] = targets(results)
     results["ratios"] = ratios(results)
     results["total_seconds"] = time.perf_counter() - started
 
     print(table(results))
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        _write_json(json_path, results)
         _say(f"wrote {json_path}")
     bad = [k for k, v in results["ratios"].items() if not (math.isfinite(v) and v > 0)]
     if bad:
         _say(f"warning: non-positive or non-finite figures: {', '.join(bad)}")
+    if results.get("errors"):
+        _say(f"sections that failed: {', '.join(results['errors'])}")
+        return 1
     return 0
+
+
+def _write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):

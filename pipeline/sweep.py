@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to keep retrying an unavailable tracking store before giving up")
     r.add_argument("--orphan-timeout", type=float, default=900.0,
                    help="a RUNNING run from another host with no heartbeat for this long is treated as orphaned")
+    r.add_argument("--retry-diverged", action="store_true",
+                   help="run again trials whose loss diverged before (by default they are skipped: training is "
+                        "deterministic, so the same trial diverges again)")
     r.add_argument("--dry-run", action="store_true", help="show what would run, start nothing, write nothing")
     return p
 
@@ -168,6 +171,7 @@ class Outcome:
     killed: int = 0
     yielded: int = 0
     retried: int = 0
+    diverged: int = 0
     failures: list = field(default_factory=list)
     compute_seconds: float = 0.0
 
@@ -206,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.check_address(args.address)
     started = time.perf_counter()
     if _all_finished(args, uri, keys):
-        _say(f"Nothing to run: all {len(grid)} trials of this grid are already FINISHED in experiment "
+        _say(f"Nothing to run: all {len(grid)} trials of this grid are already FINISHED (or diverged) in experiment "
              f"{args.experiment!r}. See them: {tracking.mlflow_ui_command(uri, None)}")
         return 0
 
@@ -225,8 +229,18 @@ def run(args: argparse.Namespace) -> int:
         cluster.disconnect()
 
 
+def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
+    """(FINISHED keys, keys that diverged and have no FINISHED run); diverged ones count as settled unless retried."""
+    from pipeline import tracking
+
+    finished = {r.trial_key for r in runs if r.status == "FINISHED"}
+    diverged = {r.trial_key for r in runs if r.status == "FAILED"
+                and r.failure_reason.startswith(tracking.DIVERGED)} - finished
+    return finished, (set() if retry_diverged else diverged)
+
+
 def _finished_keys(args: argparse.Namespace, uri: str) -> set[str]:
-    """The trial keys already FINISHED in the experiment. Read-only: creates neither store nor experiment."""
+    """The trial keys already settled (FINISHED, or diverged unless retried). Read-only: creates nothing."""
     from pipeline import tracking
 
     if not tracking.store_exists(uri):
@@ -235,7 +249,8 @@ def _finished_keys(args: argparse.Namespace, uri: str) -> set[str]:
     exp_id = tracker.find_experiment_id(args.experiment)
     if exp_id is None:
         return set()
-    return {r.trial_key for r in tracker.trial_runs(exp_id) if r.status == "FINISHED"}
+    finished, diverged = _settled(tracker.trial_runs(exp_id), args.retry_diverged)
+    return finished | diverged
 
 
 def _all_finished(args: argparse.Namespace, uri: str, keys: list[str]) -> bool:
@@ -246,7 +261,7 @@ def _all_finished(args: argparse.Namespace, uri: str, keys: list[str]) -> bool:
 def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str]) -> int:
     done = _finished_keys(args, uri)
     todo = [c for c, k in zip(grid, keys, strict=True) if k not in done]
-    print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED in "
+    print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED (or diverged) in "
           f"experiment {args.experiment!r} at {uri}, {len(todo)} would run.")
     for config in todo[:20]:
         print(f"  {run_name(config)}")
@@ -290,6 +305,7 @@ class Plan:
     todo: deque
     total: int
     skipped: int
+    skipped_diverged: int
     orphans: int
     running_elsewhere: int
 
@@ -310,7 +326,7 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
         exp_id = tracker.ensure_experiment(args.experiment)
         sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         existing = tracker.trial_runs(exp_id)
-        finished = {r.trial_key for r in existing if r.status == "FINISHED"}
+        finished, diverged = _settled(existing, args.retry_diverged)
         orphans = [r for r in existing if tracking.is_orphan(r, args.orphan_timeout)]
         for r in orphans:
             reason = f"orphaned: its sweep's driver ({r.driver}) is gone; rerun by sweep {sweep_id}"
@@ -318,11 +334,12 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
         orphan_ids = {r.run_id for r in orphans}
         running_elsewhere = {r.trial_key for r in existing
                              if r.status == "RUNNING" and r.run_id not in orphan_ids} - finished
-        excluded = finished | running_elsewhere
+        excluded = finished | diverged | running_elsewhere
         todo = deque((c, k) for c, k in zip(grid, keys, strict=True) if k not in excluded)
         out["plan"] = Plan(
             tracker=tracker, exp_id=exp_id, sweep_id=sweep_id, driver=tracking.driver_identity(), data=data,
             checksum=checksum, todo=todo, total=len(grid), skipped=len(set(keys) & finished),
+            skipped_diverged=len(set(keys) & diverged),
             orphans=len(orphans), running_elsewhere=len(set(keys) & running_elsewhere),
         )
     except Exception as exc:  # noqa: BLE001 - handed to the main thread, which raises it
@@ -342,6 +359,9 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     workers = args.workers or cpus
     _say(f"Sweep {sweep_id}: {plan.total} trials in the grid, {skipped} already FINISHED, {len(todo)} to run "
          f"on {workers} workers ({cpus} CPUs in the cluster); experiment {args.experiment!r} at {uri}.")
+    if plan.skipped_diverged:
+        _say(f"Skipped {plan.skipped_diverged} trial(s) whose loss diverged in an earlier sweep (deterministic: "
+             "they would diverge again; --retry-diverged runs them).")
     if plan.orphans:
         _say(f"Ended {plan.orphans} orphaned RUNNING run(s) of an earlier sweep as FAILED; their trials run again.")
     if plan.running_elsewhere:
@@ -426,7 +446,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         flush(state)
         outcome.compute_seconds += item["seconds"]
         if item["diverged_at"] is not None:
-            finish(state, "FAILED", f"diverged: train_loss is not finite at epoch {item['diverged_at']}")
+            outcome.diverged += 1
+            finish(state, "FAILED", f"{tracking.DIVERGED}: train_loss is not finite at epoch {item['diverged_at']}")
         elif len(state.epochs_logged) != state.config["epochs"] + 1:
             finish(state, "FAILED", f"only {len(state.epochs_logged)} of {state.config['epochs'] + 1} epochs arrived")
         else:
@@ -446,7 +467,10 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                 active[train_trial.remote(config, data_ref)] = state
             if not active:
                 continue
-            ready, _ = ray.wait(list(active), num_returns=1, timeout=1.0)
+            gens = list(active)
+            ready, _ = ray.wait(gens, num_returns=1, timeout=1.0)
+            if ready:  # take everything that is ready now, not one item per wake-up
+                ready, _ = ray.wait(gens, num_returns=len(gens), timeout=0)
             for gen in ready:
                 if handle(gen, active[gen]):
                     del active[gen]
@@ -484,13 +508,15 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     wall = time.perf_counter() - started
     _say(f"Sweep {sweep_id} done in {wall:.1f} s (Ray and data ready after {ray_seconds:.1f} s): "
          f"{outcome.finished} run, {skipped} skipped as already FINISHED, {outcome.failed} failed"
+         + (f" ({outcome.diverged} of them diverged)" if outcome.diverged else "")
          + (f", {outcome.yielded} left to a concurrent sweep" if outcome.yielded else "")
          + (f", {outcome.retried} retried after losing their worker" if outcome.retried else "")
          + (f"; MLflow calls retried {tracker.retries} time(s)" if tracker.retries else "") + ".")
     for line in outcome.failures[:10]:
         _say(f"  FAILED {line}")
     _say(f"Open the runs: {ui}")
-    return 1 if outcome.failed else 0
+    # A diverged trial is a result of the experiment (recorded FAILED with its reason), not a fault of the run.
+    return 1 if outcome.failed > outcome.diverged else 0
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001

@@ -40,6 +40,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KIND_TRIAL = "trial"
+#: ``failure_reason`` of a trial whose loss became non-finite: a deterministic outcome of its config and seed.
+DIVERGED = "diverged"
 METRIC_NAMES = ("train_acc", "test_acc", "train_loss")
 
 T = TypeVar("T")
@@ -117,6 +119,7 @@ class RunInfo:
     sweep_id: str
     driver: str
     heartbeat: float
+    failure_reason: str = ""
 
     @property
     def order(self) -> tuple[int, str]:
@@ -238,6 +241,7 @@ class Tracker:
                         sweep_id=tags.get("sweep_id", ""),
                         driver=tags.get("driver", ""),
                         heartbeat=float(tags.get("heartbeat", 0) or 0),
+                        failure_reason=tags.get("failure_reason", ""),
                     )
                 )
             token = page.token

@@ -5,6 +5,10 @@ written here looks like one the sweep writes -- the same params (as strings), me
 tags (``run_kind``, ``trial_key``, ...) and status -- but its history is chosen by the caller, so a
 test knows every value it will read back.
 
+Also here: :func:`log_grid` (a whole synthetic sweep), :func:`synthetic_history` (plausible curves), and
+:func:`start_mlflow_server` / :func:`stop_mlflow_server` (a real ``mlflow server`` on 127.0.0.1 over a store;
+start it only inside a loopback-only network namespace).
+
 Typical use::
 
     uri, client = make_store(tmp_path)

@@ -153,6 +153,10 @@ def test_difference_marks_significant_scales_and_the_zero_line(sweep):
         scatters = {c.get_label(): c for c in ax.collections if c.get_label() in ("significant", "not significant")}
         assert len(scatters["significant"].get_offsets()) == int(cm["significant"].sum())
         assert len(scatters["not significant"].get_offsets()) == int((~cm["significant"]).sum())
+        low, high = ax.get_ylim()  # every mean and interval of either panel is in view
+        values = cm[["mean_diff", "ci_low", "ci_high"]].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        assert low <= values.min() and values.max() <= high
 
 
 def test_difference_without_pairs_shows_no_interval(sweep):
