@@ -26,21 +26,11 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from model import run_trial
+from model.trial import DEFAULT_CONFIG
 
 VARIANTS = [(dtype, bn) for dtype in ("float64", "float32") for bn in (False, True)]
-BASE_CONFIG = {
-    "weight_scale": 0.01,
-    "seed": 0,
-    "dataset": "fashion-mnist",
-    "train_size": 1000,
-    "test_size": 1000,
-    "epochs": 20,
-    "batch_size": 100,
-    "lr": 0.01,
-    "optimizer": "sgd",
-    "hidden_size_list": [100] * 5,
-    "activation": "relu",
-}
+#: The book's default trial (model.trial.DEFAULT_CONFIG: 20 epochs, 1000 samples, batch 100, SGD 0.01) at W=0.01.
+BASE_CONFIG = {k: v for k, v in DEFAULT_CONFIG.items() if k != "dtype"} | {"weight_scale": 0.01, "seed": 0}
 
 
 def load_data(data_dir: str | None) -> tuple[tuple, str]:

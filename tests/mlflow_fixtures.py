@@ -20,7 +20,6 @@ Typical use::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -36,59 +35,26 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-SCHEMA_VERSION = 1
+from model.trial import DEFAULT_CONFIG
+from pipeline.trials import params_of, run_name, trial_key
+
 METRICS = ("train_acc", "test_acc", "train_loss")
 #: The 16 weight scales of the book's Figure 6-19: ``np.logspace(0, -4, num=16)``.
 BOOK_WEIGHT_SCALES: tuple[float, ...] = tuple(float(w) for w in np.logspace(0, -4, num=16))
 
-_CONFIG_DEFAULTS: dict = {
-    "dataset": "fashion-mnist",
-    "train_size": 1000,
-    "test_size": 1000,
-    "epochs": 20,
-    "batch_size": 100,
-    "lr": 0.01,
-    "optimizer": "sgd",
-    "hidden_size_list": [100, 100, 100, 100, 100],
-    "activation": "relu",
-    "dtype": "float64",
-}
-
-
 def trial_config(weight_scale: float, use_batchnorm: bool, seed: int, **overrides) -> dict:
     """A trial config dict (design.md keys) with the design defaults, overridden by ``overrides``."""
-    unknown = set(overrides) - set(_CONFIG_DEFAULTS)
+    unknown = set(overrides) - set(DEFAULT_CONFIG)
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
     cfg = {"weight_scale": float(weight_scale), "use_batchnorm": bool(use_batchnorm), "seed": int(seed)}
-    cfg.update(_CONFIG_DEFAULTS)
+    cfg.update(DEFAULT_CONFIG)
     cfg.update(overrides)
     return cfg
 
 
-def trial_key(config: Mapping) -> str:
-    """First 16 hex digits of sha256 over the canonical JSON of the config plus ``"schema": 1``."""
-    payload = dict(config)
-    payload["schema"] = SCHEMA_VERSION
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def run_name(config: Mapping) -> str:
-    """A run name like ``w=0.01 bn seed=3`` (the analysis does not rely on it)."""
-    arm = "bn" if config["use_batchnorm"] else "plain"
-    return f"w={config['weight_scale']:.4g} {arm} seed={config['seed']}"
-
-
-def config_params(config: Mapping) -> dict[str, str]:
-    """The MLflow params of a trial: every config key, as the string MLflow stores."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, float):
-            out[key] = repr(value)
-        else:
-            out[key] = str(value)  # bool -> "True"/"False", list -> "[100, 100, ...]"
-    return out
+#: The sweep's own identity, name and params of a trial: runs logged here are indistinguishable from its runs.
+config_params = params_of
 
 
 def make_store(root: Path | str) -> tuple[str, MlflowClient]:

@@ -15,23 +15,13 @@ import numpy as np
 import pytest
 
 from model import run_trial
+from model.trial import DEFAULT_CONFIG
 
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
-CONFIG = {
-    "weight_scale": 0.01,
-    "dataset": "fashion-mnist",
-    "train_size": 1000,
-    "test_size": 1000,
-    "epochs": 20,
-    "batch_size": 100,
-    "lr": 0.01,
-    "optimizer": "sgd",
-    "hidden_size_list": [100] * 5,
-    "activation": "relu",
-    "dtype": "float64",
-}
+#: The book's setting (model.trial.DEFAULT_CONFIG: 1000 samples, 20 epochs, SGD lr 0.01, batch 100) at W=0.01.
+CONFIG = dict(DEFAULT_CONFIG, weight_scale=0.01)
 
 
 @pytest.fixture(scope="module")
