@@ -99,20 +99,27 @@ def sweep_data(ns: argparse.Namespace, base: dict) -> tuple:
 
 def trial_compute_time(config: dict, data: tuple) -> float:
     """Seconds one trial computes, as the Ray task does it: one BLAS thread, stopped at divergence."""
+    return trial_compute_wall_cpu(config, data)[0]
+
+
+def trial_compute_wall_cpu(config: dict, data: tuple) -> tuple[float, float]:
+    """``(wall seconds, process CPU seconds)`` of one trial computed as the Ray task does it (one BLAS thread,
+    stopped at divergence). With one thread the CPU time is the compute time other processes cannot inflate."""
     from model.trial import iter_trial
 
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     with threadpool_limits(limits=1):
         for _, record in iter_trial(config, *data):
             if not math.isfinite(record["train_loss"]):
                 break
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def compute_times(grid: list[dict], data: tuple) -> list[float]:
-    """Compute seconds of every trial of ``grid``, run one after the other in this process."""
-    trial_compute_time(grid[0], data)  # warm-up: first-call costs are not a trial's
-    return [trial_compute_time(config, data) for config in grid]
+def compute_times(grid: list[dict], data: tuple) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of every trial of ``grid``, run one after the other in this process."""
+    trial_compute_wall_cpu(grid[0], data)  # warm-up: first-call costs are not a trial's
+    both = [trial_compute_wall_cpu(config, data) for config in grid]
+    return [w for w, _ in both], [c for _, c in both]
 
 
 # ------------------------------------------------------------------------------------------- process trees
@@ -133,6 +140,7 @@ class TreeSampler:
         self.peak = {"driver_mb": 0.0, "worker_mb": 0.0, "workers_total_mb": 0.0, "others_total_mb": 0.0,
                      "tree_total_mb": 0.0}
         self.max_workers = 0
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds at its last sample)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -157,16 +165,21 @@ class TreeSampler:
             try:
                 rss = proc.memory_info().rss / 1e6
                 title = " ".join(proc.cmdline()[:1])
+                cpu = proc.cpu_times()
             except psutil.Error:
                 continue
             if proc.pid == self.pid:
                 driver = rss
+                kind = "driver"
             elif title.startswith("ray::"):
                 workers_total += rss
                 worker_max = max(worker_max, rss)
                 n_workers += 1
+                kind = "workers"
             else:
                 others += rss
+                kind = "others"
+            self._cpu[proc.pid] = (kind, cpu.user + cpu.system)
         for key, value in (("driver_mb", driver), ("worker_mb", worker_max), ("workers_total_mb", workers_total),
                            ("others_total_mb", others), ("tree_total_mb", driver + workers_total + others)):
             self.peak[key] = max(self.peak[key], value)
@@ -177,8 +190,13 @@ class TreeSampler:
             self._sample()
 
     def result(self) -> dict:
+        """Peak RSS per kind, and CPU seconds per kind (each process as of its last sample, so a process
+        that lived less than one interval is missed and the last interval of each is not counted)."""
+        cpu = {"driver": 0.0, "workers": 0.0, "others": 0.0}
+        for kind, seconds in self._cpu.values():
+            cpu[kind] += seconds
         return {**{k: round(v, 1) for k, v in self.peak.items()}, "max_worker_processes": self.max_workers,
-                "interval_s": self.interval}
+                "cpu_s": {k: round(v, 1) for k, v in cpu.items()}, "interval_s": self.interval}
 
 
 def run_timed(cmd: list[str], *, cwd: Path, env: dict, log_path: Path, timeout: float = 3600,
@@ -299,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     sargs = grid_args(args.grid_seeds)
     ns, base, grid = sweep_grid(sargs)
     data = sweep_data(ns, base)
-    times = compute_times(grid, data)
+    times, _ = compute_times(grid, data)
     ideal = sum(times) / args.workers
     print(f"{len(grid)} trials: compute {sum(times):.1f} s in one process, ideal with {args.workers} workers "
           f"{ideal:.1f} s", file=sys.stderr)

@@ -184,9 +184,11 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
     data = bench_sweep.sweep_data(ns, base)
     _say(f"[grid] computing the {len(grid)} trials in this process (single-threaded BLAS) ...")
     load_before = load_avg()
-    compute = bench_sweep.compute_times(grid, data)
+    compute, compute_cpu = bench_sweep.compute_times(grid, data)
     ideal = sum(compute) / workers
-    _say(f"[grid] compute {sum(compute):.1f} s -> ideal {ideal:.1f} s with {workers} workers")
+    load_after_compute = load_avg()
+    _say(f"[grid] compute {sum(compute):.1f} s (CPU {sum(compute_cpu):.1f} s) -> ideal {ideal:.1f} s with "
+         f"{workers} workers")
     names = ["sweep", *peers]
     repetitions = []
     for rep in range(reps):
@@ -218,6 +220,8 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
     summary = {
         "trials": len(grid), "workers": workers, "reps": reps, "tune_reps": min(tune_reps, reps),
         "compute_sum_s": sum(compute), "compute_median_s": statistics.median(compute), "ideal_s": ideal,
+        "compute_cpu_sum_s": sum(compute_cpu), "ideal_cpu_s": sum(compute_cpu) / workers,
+        "efficiency_vs_cpu_ideal": _median(sum(compute_cpu) / workers / s["wall_s"] for s in sweeps),
         "sweep_wall_median_s": _median(s["wall_s"] for s in sweeps),
         "sweep_total_median_s": _median(s["sweep_total_s"] for s in sweeps),
         "ray_ready_median_s": _median(s["ray_ready_s"] for s in sweeps),
@@ -225,10 +229,12 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         "efficiency_sweep_total": _median(s["efficiency_sweep_total"] for s in sweeps),
         "efficiency_excl_startup": _median(s["efficiency_excl_startup"] for s in sweeps),
         "in_flight_median_s": _median(s["mlflow"]["in_flight_median_s"] for s in sweeps),
+        "sweep_cpu_s": {k: _median(s["memory"]["cpu_s"][k] for s in sweeps) for k in ("driver", "workers", "others")},
         "peer_wall_median_s": {p: _median(r[p]["wall_s"] for r in repetitions if p in r) for p in peers},
         "ratios": {k: _median(r["ratios"].get(k) for r in repetitions) for k in ratio_names},
     }
-    return {"summary": summary, "compute_times_s": compute, "load_before_compute": load_before,
+    return {"summary": summary, "compute_times_s": compute, "compute_cpu_times_s": compute_cpu,
+            "load_before_compute": load_before, "load_after_compute": load_after_compute,
             "repetitions": repetitions}
 
 
@@ -334,10 +340,15 @@ def table(results: dict) -> str:
     if grid:
         s = grid["summary"]
         lines.append(f"Grid of {s['trials']} trials, {s['workers']} workers ({s['reps']} reps; Tune {s['tune_reps']}):")
-        lines.append(f"  compute in one process {s['compute_sum_s']:.1f} s -> ideal {s['ideal_s']:.1f} s")
+        lines.append(f"  compute in one process {s['compute_sum_s']:.1f} s (CPU {s.get('compute_cpu_sum_s', 0):.1f} s)"
+                     f" -> ideal {s['ideal_s']:.1f} s")
         lines.append(f"  pipeline.sweep: wall {s['sweep_wall_median_s']:.1f} s (its own total "
                      f"{s['sweep_total_median_s']:.1f} s, Ray and data ready after {s['ray_ready_median_s']:.1f} s)"
                      f" -> efficiency {s['efficiency']:.2f}, {s['efficiency_excl_startup']:.2f} without start-up")
+        cpu = s.get("sweep_cpu_s", {})
+        lines.append(f"  a trial is RUNNING {s['in_flight_median_s']:.2f} s (median; computes {s['compute_median_s']:.2f} s "
+                     f"alone); CPU seconds during the sweep: driver {cpu.get('driver', 0):.1f}, Ray workers "
+                     f"{cpu.get('workers', 0):.1f}, Ray daemons {cpu.get('others', 0):.1f}")
         for peer, wall in s["peer_wall_median_s"].items():
             ratio = s["ratios"].get(f"{peer}_over_sweep")
             if wall is not None:

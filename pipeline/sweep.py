@@ -37,6 +37,10 @@ from pipeline.trials import (
 )
 
 DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
+#: A claim is checked against runs of other sweeps created since this long before we planned (clock skew).
+RIVAL_CLOCK_MARGIN_MS = 600_000
+#: Before a trial starts, one search for rival runs serves all claims made within this many seconds.
+RIVAL_REFRESH_S = 2.0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -160,6 +164,7 @@ class Active:
     node: dict = field(default_factory=dict)
     node_tagged: dict = field(default_factory=dict)
     workers_seen: set = field(default_factory=set)
+    params_sent: bool = False
 
 
 @dataclass
@@ -299,6 +304,7 @@ class Plan:
     tracker: object
     exp_id: str
     sweep_id: str
+    planned_ms: int
     driver: str
     data: tuple
     checksum: str
@@ -325,6 +331,7 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
                                    on_retry=lambda m: tqdm.write(m, file=sys.stderr))
         exp_id = tracker.ensure_experiment(args.experiment)
         sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        planned_ms = int(time.time() * 1000)
         existing = tracker.trial_runs(exp_id)
         finished, diverged = _settled(existing, args.retry_diverged)
         orphans = [r for r in existing if tracking.is_orphan(r, args.orphan_timeout)]
@@ -337,7 +344,8 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
         excluded = finished | diverged | running_elsewhere
         todo = deque((c, k) for c, k in zip(grid, keys, strict=True) if k not in excluded)
         out["plan"] = Plan(
-            tracker=tracker, exp_id=exp_id, sweep_id=sweep_id, driver=tracking.driver_identity(), data=data,
+            tracker=tracker, exp_id=exp_id, sweep_id=sweep_id, planned_ms=planned_ms,
+            driver=tracking.driver_identity(), data=data,
             checksum=checksum, todo=todo, total=len(grid), skipped=len(set(keys) & finished),
             skipped_diverged=len(set(keys) & diverged),
             orphans=len(orphans), running_elsewhere=len(set(keys) & running_elsewhere),
@@ -384,19 +392,45 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     active: dict = {}
     bar = tqdm(total=len(todo), unit="trial", desc="trials", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
-    def claim(config: dict, key: str) -> Active | None:
+    # Runs of other sweeps created since (just before) we planned: the only ones that can contest a claim.
+    rivals_since = plan.planned_ms - RIVAL_CLOCK_MARGIN_MS
+    rivals = {"at": -math.inf, "runs": []}
+
+    def rivals_of(key: str, fresh: bool) -> list:
+        """Rival runs of one trial; one search serves every claim for ``RIVAL_REFRESH_S`` unless ``fresh``."""
+        if fresh or time.monotonic() - rivals["at"] > RIVAL_REFRESH_S:
+            rivals["runs"] = tracker.rival_runs(exp_id, sweep_id, rivals_since)
+            rivals["at"] = time.monotonic()
+        return [r for r in rivals["runs"] if r.trial_key == key]
+
+    def claim(config: dict, key: str, gen) -> Active | None:
+        """Create the trial's RUNNING run (its task is already submitted); None if another sweep has it."""
         tags = dict(static_tags, trial_key=key, heartbeat=f"{time.time():.0f}")
-        run_id, start_time = tracker.create_run(exp_id, run_name(config), params_of(config), tags)
+        run_id, start_time = tracker.create_run(exp_id, run_name(config), tags)
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
-        if tracking.winner(mine, tracker.trial_runs(exp_id, key), args.orphan_timeout) is not None:
+        if tracking.winner(mine, rivals_of(key, fresh=False), args.orphan_timeout) is not None:
+            ray.cancel(gen, force=True)
             tracker.delete_run(run_id)
             return None
         return Active(config, key, run_id, start_time)
 
+    def submit() -> None:
+        """Fill every free slot: submit the task first (a worker never waits for MLflow), then claim."""
+        while todo and len(active) < workers:
+            config, key = todo.popleft()
+            gen = train_trial.remote(config, data_ref)
+            state = claim(config, key, gen)
+            if state is None:
+                outcome.yielded += 1
+                bar.update(1)
+            else:
+                active[gen] = state
+
     def finish(state: Active, status: str, reason: str | None = None) -> None:
         if status == "FINISHED":
+            # The check that makes a trial FINISHED exactly once, also against a sweep that started with ours.
             mine = tracking.RunInfo(state.run_id, state.key, "RUNNING", state.start_time, sweep_id, driver, time.time())
-            if tracking.winner(mine, tracker.trial_runs(exp_id, state.key), args.orphan_timeout) is not None:
+            if tracking.winner(mine, rivals_of(state.key, fresh=True), args.orphan_timeout) is not None:
                 tracker.delete_run(state.run_id)
                 outcome.yielded += 1
                 return
@@ -404,7 +438,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         if len(state.workers_seen) > 1:  # its worker (or node) died and Ray ran the task again
             outcome.retried += 1
             tags["task_attempts"] = str(len(state.workers_seen))
-        tracker.end_run(state.run_id, status, reason, tags)
+        tracker.end_run(state.run_id, status, reason, tags, None if state.params_sent else params_of(state.config))
         if status == "FINISHED":
             outcome.finished += 1
         else:
@@ -419,62 +453,57 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         if node != state.node_tagged:
             tags.update(node)
             state.node_tagged = node
-        tracker.log_epochs(state.run_id, state.buffer, tags)
+        tracker.log_batch(state.run_id, state.buffer, tags, None if state.params_sent else params_of(state.config))
+        state.params_sent = True
         state.buffer = []
         state.last_flush = time.monotonic()
 
-    def handle(gen, state: Active) -> bool:
-        """Take one streamed item of ``gen``; True when the trial is over."""
+    def handle(gen, state: Active) -> tuple[str, str | None] | None:
+        """Take one streamed item of ``gen``; the trial's (status, reason) when it is over, else None."""
         try:
             item = ray.get(next(gen))
         except StopIteration:
-            finish(state, "FAILED", "the task ended without reporting its result")
-            return True
+            return "FAILED", "the task ended without reporting its result"
         except ray.exceptions.RayError as exc:
-            finish(state, "FAILED", _task_error(exc))
-            return True
+            return "FAILED", _task_error(exc)
         state.workers_seen.add((item["node"]["ray_node"], item["node"]["pid"]))
+        state.node = item["node"]
         if "epoch" in item:
             if item["epoch"] not in state.epochs_logged:
                 state.buffer.append((item["epoch"], item["metrics"], item["time_ms"]))
                 state.epochs_logged.add(item["epoch"])
-            state.node = item["node"]
             if time.monotonic() - state.last_flush >= args.flush_seconds:
                 flush(state)
-            return False
-        state.node = item["node"]
-        flush(state)
+            return None
         outcome.compute_seconds += item["seconds"]
         if item["diverged_at"] is not None:
             outcome.diverged += 1
-            finish(state, "FAILED", f"{tracking.DIVERGED}: train_loss is not finite at epoch {item['diverged_at']}")
-        elif len(state.epochs_logged) != state.config["epochs"] + 1:
-            finish(state, "FAILED", f"only {len(state.epochs_logged)} of {state.config['epochs'] + 1} epochs arrived")
-        else:
-            finish(state, "FINISHED")
-        return True
+            return "FAILED", f"{tracking.DIVERGED}: train_loss is not finite at epoch {item['diverged_at']}"
+        if len(state.epochs_logged) != state.config["epochs"] + 1:
+            return "FAILED", f"only {len(state.epochs_logged)} of {state.config['epochs'] + 1} epochs arrived"
+        return "FINISHED", None
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while todo or active:
-            while todo and len(active) < workers:
-                config, key = todo.popleft()
-                state = claim(config, key)
-                if state is None:
-                    outcome.yielded += 1
-                    bar.update(1)
-                    continue
-                active[train_trial.remote(config, data_ref)] = state
+            submit()
             if not active:
                 continue
             gens = list(active)
             ready, _ = ray.wait(gens, num_returns=1, timeout=1.0)
             if ready:  # take everything that is ready now, not one item per wake-up
                 ready, _ = ray.wait(gens, num_returns=len(gens), timeout=0)
+            ended = []
             for gen in ready:
-                if handle(gen, active[gen]):
-                    del active[gen]
-                    bar.update(1)
+                result = handle(gen, active[gen])
+                if result is not None:
+                    ended.append((active.pop(gen), *result))
+            submit()  # the next trials start before the ended ones are written to MLflow
+            for state, status, reason in ended:
+                if state.buffer:
+                    flush(state)
+                finish(state, status, reason)
+                bar.update(1)
     except (KeyboardInterrupt, tracking.TrackingUnavailable) as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         bar.close()

@@ -31,6 +31,8 @@ from pipeline.trials import UsageError
 for _name, _value in (
     ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "15"),
+    # Not a "View run ... at" line per ended run on our progress bar.
+    ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
 ):
     os.environ.setdefault(_name, _value)
 
@@ -218,6 +220,18 @@ class Tracker:
         flt = f"tags.run_kind = '{RUN_KIND_TRIAL}'"
         if trial_key is not None:
             flt += f" and tags.trial_key = '{trial_key}'"
+        return self._search(experiment_id, flt)
+
+    def rival_runs(self, experiment_id: str, sweep_id: str, since_ms: int) -> list[RunInfo]:
+        """Trial runs of *other* sweeps created since ``since_ms``: the only ones that can contest our claims.
+
+        Everything older was in the snapshot the sweep planned from; usually this query returns nothing.
+        """
+        flt = (f"tags.run_kind = '{RUN_KIND_TRIAL}' and tags.sweep_id != '{sweep_id}' "
+               f"and attributes.start_time >= {int(since_ms)}")
+        return self._search(experiment_id, flt)
+
+    def _search(self, experiment_id: str, flt: str) -> list[RunInfo]:
         out: list[RunInfo] = []
         token = None
         while True:
@@ -250,10 +264,10 @@ class Tracker:
 
     # writing runs ------------------------------------------------------------------------------------------
 
-    def create_run(
-        self, experiment_id: str, name: str, params: dict[str, str], tags: dict[str, str]
-    ) -> tuple[str, int]:
-        """Create a RUNNING trial run with its params and tags; returns its run id and start time (ms)."""
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> tuple[str, int]:
+        """Create a RUNNING trial run with its tags; returns its run id and start time (ms).
+
+        Its params go with its first :meth:`log_batch` (one round trip fewer per trial)."""
         start_time = int(time.time() * 1000)
         run = self.call(
             "create run",
@@ -263,19 +277,16 @@ class Tracker:
             tags=tags,
             run_name=name,
         )
-        run_id = run.info.run_id
-        self.call(
-            "log params",
-            self.client.log_batch,
-            run_id,
-            params=[Param(k, v) for k, v in params.items()],
-        )
-        return run_id, start_time
+        return run.info.run_id, start_time
 
-    def log_epochs(
-        self, run_id: str, records: Iterable[tuple[int, dict[str, float], int]], tags: dict[str, str]
+    def log_batch(
+        self,
+        run_id: str,
+        records: Iterable[tuple[int, dict[str, float], int]] = (),
+        tags: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
     ) -> None:
-        """Log a batch of epochs (epoch, metrics, timestamp ms) and tags in one round trip.
+        """Log epochs (epoch, metrics, timestamp ms), tags and params in one round trip.
 
         Timestamps come from the worker, so a retried batch is identical and MLflow drops the duplicates.
         """
@@ -285,20 +296,29 @@ class Tracker:
             for name, value in values.items()
         ]
         self.call(
-            "log metrics",
+            "log batch",
             self.client.log_batch,
             run_id,
             metrics=metrics,
-            tags=[RunTag(k, v) for k, v in tags.items()],
+            params=[Param(k, v) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
         )
 
-    def end_run(self, run_id: str, status: str, reason: str | None = None, tags: dict[str, str] | None = None) -> None:
-        """End a run FINISHED, FAILED or KILLED (with a one-line ``failure_reason`` tag when given)."""
+    def end_run(
+        self,
+        run_id: str,
+        status: str,
+        reason: str | None = None,
+        tags: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        """End a run FINISHED, FAILED or KILLED, with a one-line ``failure_reason`` tag when given (and any
+        last tags and params in the same round trip)."""
         tags = dict(tags or {})
         if reason:
             tags["failure_reason"] = _one_line(reason)[:4000]
-        if tags:
-            self.call("set tags", self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if tags or params:
+            self.log_batch(run_id, tags=tags, params=params)
         self.call("end run", self.client.set_terminated, run_id, status=status)
 
     def delete_run(self, run_id: str) -> None:
