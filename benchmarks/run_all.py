@@ -346,9 +346,10 @@ def table(results: dict) -> str:
                      f"{s['sweep_total_median_s']:.1f} s, Ray and data ready after {s['ray_ready_median_s']:.1f} s)"
                      f" -> efficiency {s['efficiency']:.2f}, {s['efficiency_excl_startup']:.2f} without start-up")
         cpu = s.get("sweep_cpu_s", {})
-        lines.append(f"  a trial is RUNNING {s['in_flight_median_s']:.2f} s (median; computes {s['compute_median_s']:.2f} s "
-                     f"alone); CPU seconds during the sweep: driver {cpu.get('driver', 0):.1f}, Ray workers "
-                     f"{cpu.get('workers', 0):.1f}, Ray daemons {cpu.get('others', 0):.1f}")
+        lines.append(f"  a trial is RUNNING {s['in_flight_median_s']:.2f} s (median; computes "
+                     f"{s['compute_median_s']:.2f} s alone); CPU seconds during the sweep: driver "
+                     f"{cpu.get('driver', 0):.1f}, Ray workers {cpu.get('workers', 0):.1f}, Ray daemons "
+                     f"{cpu.get('others', 0):.1f}")
         for peer, wall in s["peer_wall_median_s"].items():
             ratio = s["ratios"].get(f"{peer}_over_sweep")
             if wall is not None:
