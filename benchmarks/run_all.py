@@ -429,11 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if set(peers) - set(PEERS):
         return usage(f"--peers {args.peers!r}: choose from {', '.join(PEERS)}")
-    seeds = args.grid_seeds or (1 if args.quick else 5)
-    reps = args.reps or (1 if args.quick else 3)
-    tune_reps = args.tune_reps if args.tune_reps is not None else 1
-    trial_reps = args.trial_reps or (2 if args.quick else 7)
-    analysis_runs = args.analysis_runs or (100 if args.quick else 1000)
+    def given(value: int | None, quick: int, full: int) -> int:
+        return value if value is not None else (quick if args.quick else full)
+
+    seeds = given(args.grid_seeds, 1, 5)
+    reps = given(args.reps, 1, 3)
+    tune_reps = given(args.tune_reps, 1, 1)
+    trial_reps = given(args.trial_reps, 2, 7)
+    analysis_runs = given(args.analysis_runs, 100, 1000)
     for name, value in (("--grid-seeds", seeds), ("--reps", reps), ("--trial-reps", trial_reps),
                         ("--analysis-runs", analysis_runs), ("--workers", args.workers)):
         if value < 1:

@@ -52,10 +52,13 @@ def test_matmul_limit_adds_up_counted_products():
     assert all(row["gflops_per_s"] > 0 for row in limit["products"])
 
 
-@pytest.mark.parametrize("argv", [["--only", "trial,bogus"], ["--reps", "0"], ["--peers", "dask"],
-                                  ["--weight-scales", "-1", "--only", "trial"]])
-def test_bad_options_exit_2(argv, capsys):
-    assert run_all.main(argv) == 2
+@pytest.mark.parametrize("argv", [["--only", "trial,bogus"], ["--reps", "0"], ["--grid-seeds", "0"],
+                                  ["--trial-reps", "0", "--only", "trial"], ["--tune-reps", "-1"],
+                                  ["--peers", "dask"], ["--weight-scales", "-1", "--only", "trial"]])
+def test_bad_options_exit_2(argv, tmp_path, capsys):
+    out = tmp_path / "never.json"  # never the repo's results file, whatever happens
+    assert run_all.main([*argv, "--json", str(out)]) == 2
+    assert not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
 
