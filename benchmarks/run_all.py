@@ -360,6 +360,9 @@ def table(results: dict) -> str:
             calls = ", ".join(f"{c} {v:.1f}" for c, v in r["ms_per_call_median"].items())
             lines.append(f"MLflow per trial ({kind}): {r['ms_per_trial_median']:.1f} ms median, "
                          f"{r['ms_per_trial_mean']:.1f} mean ({calls} ms)")
+            if "floor" in r:
+                lines.append(f"  MLflow's own floor for one such run (create_run, one log_batch, set_terminated on a "
+                             f"bare client): {r['floor']['ms_per_trial_median']:.1f} ms median")
     analysis = results.get("analysis")
     if analysis:
         for kind in ("sqlite", "server"):

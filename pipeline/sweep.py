@@ -11,6 +11,7 @@ import argparse
 import math
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from model.optimizers import OPTIMIZERS
+from pipeline import store
 from pipeline.data import DATASETS
 from pipeline.trials import (
     DEFAULT_WEIGHT_SCALES,
@@ -197,14 +199,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, plan, start Ray, and run every trial not yet FINISHED."""
-    from pipeline import tracking
-
     base = trial_base(args)
     scales = parse_weight_scales(args.weight_scales) if args.weight_scales else list(DEFAULT_WEIGHT_SCALES)
     grid = make_grid(base, scales, parse_batchnorm(args.batchnorm), parse_seeds(args.seeds))
     keys = [trial_key(c) for c in grid]
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracking.check_tracking_uri(uri)
+    uri = store.resolve_tracking_uri(args.tracking_uri)
+    store.check_tracking_uri(uri)
 
     if args.dry_run:
         return _dry_run(args, uri, grid, keys)
@@ -214,9 +214,11 @@ def run(args: argparse.Namespace) -> int:
     if args.address:
         cluster.check_address(args.address)
     started = time.perf_counter()
-    if _all_finished(args, uri, keys):
+    # A complete grid needs no Ray at all. Asking costs MLflow's import (about a second), so it is only asked of a
+    # store that exists; for a new one, Ray starts at once and MLflow is imported beside it, in the preparer.
+    if store.store_exists(uri) and _all_finished(args, uri, keys):
         _say(f"Nothing to run: all {len(grid)} trials of this grid are already FINISHED (or diverged) in experiment "
-             f"{args.experiment!r}. See them: {tracking.mlflow_ui_command(uri, None)}")
+             f"{args.experiment!r}. See them: {store.mlflow_ui_command(uri, None)}")
         return 0
 
     # Load the data and plan against MLflow while Ray starts: each takes seconds and neither needs the other.
@@ -246,10 +248,10 @@ def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
 
 def _finished_keys(args: argparse.Namespace, uri: str) -> set[str]:
     """The trial keys already settled (FINISHED, or diverged unless retried). Read-only: creates nothing."""
+    if not store.store_exists(uri):
+        return set()
     from pipeline import tracking
 
-    if not tracking.store_exists(uri):
-        return set()
     tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry)
     exp_id = tracker.find_experiment_id(args.experiment)
     if exp_id is None:
@@ -374,7 +376,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         _say(f"Ended {plan.orphans} orphaned RUNNING run(s) of an earlier sweep as FAILED; their trials run again.")
     if plan.running_elsewhere:
         _say(f"{plan.running_elsewhere} trial(s) are RUNNING in another live sweep; left to it.")
-    ui = tracking.mlflow_ui_command(uri, exp_id)
+    ui = store.mlflow_ui_command(uri, exp_id)
     if not todo:
         _say(f"Nothing to run: every trial of this grid is already FINISHED or running elsewhere. See them: {ui}")
         return 0
@@ -414,11 +416,21 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             return None
         return Active(config, key, run_id, start_time)
 
+    epoch_seconds: deque = deque(maxlen=32)  # compute seconds per epoch of recently ended trials
+
+    def epochs_per_item() -> int:
+        """How many epochs a task sends per streamed item: about one item per ``--flush-seconds``, judged from the
+        trials that ended so far (one per epoch until a trial has ended). The driver flushes to MLflow at most that
+        often anyway; fewer items mean less Ray work on both sides."""
+        if not epoch_seconds:
+            return 1
+        return max(1, int(args.flush_seconds / max(statistics.median(epoch_seconds), 1e-6)))
+
     def submit() -> None:
         """Fill every free slot: submit the task first (a worker never waits for MLflow), then claim."""
         while todo and len(active) < workers:
             config, key = todo.popleft()
-            gen = train_trial.remote(config, data_ref)
+            gen = train_trial.remote(config, data_ref, epochs_per_item())
             state = claim(config, key, gen)
             if state is None:
                 outcome.yielded += 1
@@ -468,14 +480,17 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             return "FAILED", _task_error(exc)
         state.workers_seen.add((item["node"]["ray_node"], item["node"]["pid"]))
         state.node = item["node"]
-        if "epoch" in item:
-            if item["epoch"] not in state.epochs_logged:
-                state.buffer.append((item["epoch"], item["metrics"], item["time_ms"]))
-                state.epochs_logged.add(item["epoch"])
+        for epoch, metrics, time_ms in item["epochs"]:
+            if epoch not in state.epochs_logged:
+                state.buffer.append((epoch, metrics, time_ms))
+                state.epochs_logged.add(epoch)
+        if "done" not in item:
             if time.monotonic() - state.last_flush >= args.flush_seconds:
                 flush(state)
             return None
         outcome.compute_seconds += item["seconds"]
+        if state.epochs_logged:
+            epoch_seconds.append(item["seconds"] / len(state.epochs_logged))
         if item["diverged_at"] is not None:
             outcome.diverged += 1
             return "FAILED", f"{tracking.DIVERGED}: train_loss is not finite at epoch {item['diverged_at']}"
@@ -483,9 +498,19 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             return "FAILED", f"only {len(state.epochs_logged)} of {state.config['epochs'] + 1} epochs arrived"
         return "FINISHED", None
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt, and also set a flag the loop checks: a library call that happens
+    # to be running when the signal lands (Ray's wait polls for signals in C++) may swallow the exception.
+    stop = threading.Event()
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        stop.set()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while todo or active:
+            if stop.is_set():
+                raise KeyboardInterrupt
             submit()
             if not active:
                 continue
@@ -531,7 +556,9 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
              f"Rerun the same command to finish them: {resume}")
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if sig != signal.SIGINT or not stop.is_set():  # once interrupted, a second Ctrl-C stays ignored
+                signal.signal(sig, handler)
         bar.close()
 
     wall = time.perf_counter() - started
@@ -546,10 +573,6 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     _say(f"Open the runs: {ui}")
     # A diverged trial is a result of the experiment (recorded FAILED with its reason), not a fault of the run.
     return 1 if outcome.failed > outcome.diverged else 0
-
-
-def _raise_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
 
 
 def _task_error(exc: BaseException) -> str:

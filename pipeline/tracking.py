@@ -16,11 +16,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import psutil
@@ -40,50 +37,12 @@ from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KIND_TRIAL = "trial"
 #: ``failure_reason`` of a trial whose loss became non-finite: a deterministic outcome of its config and seed.
 DIVERGED = "diverged"
 METRIC_NAMES = ("train_acc", "test_acc", "train_loss")
 
 T = TypeVar("T")
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """The tracking URI: the option, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast with a one-line :class:`UsageError` if the tracking store cannot be used. Writes nothing."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-                reply.read()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UsageError(f"tracking server {uri} is unreachable ({reason})") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise UsageError(f"tracking URI {uri}: folder {folder} does not exist")
-    elif "://" in uri and not uri.startswith(("file://", "postgresql", "mysql", "mssql", "databricks")):
-        raise UsageError(f"tracking URI {uri}: unsupported scheme")
-
-
-def store_exists(uri: str) -> bool:
-    """False when the tracking URI is a local SQLite file that does not exist yet (nothing to read)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).expanduser().exists()
-    return True
-
-
-def mlflow_ui_command(uri: str, experiment_id: str | None) -> str:
-    """The command that opens these runs in the MLflow UI."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/")
-        return f"open {url}/#/experiments/{experiment_id}" if experiment_id else f"open {url}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 # --- the identity of this driver, to tell live sweeps from orphans -------------------------------------------

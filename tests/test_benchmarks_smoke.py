@@ -102,6 +102,8 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
         calls = result["logging"][kind]["ms_per_call_median"]
         assert set(calls) == {"create_run", "log_batch", "finish_search", "end_run"}
         assert result["logging"][kind]["trials"] == 4
+        floor = result["logging"][kind]["floor"]
+        assert floor["trials"] == 4 and floor["ms_per_trial_median"] > 0
     assert result["analysis"]["sqlite"]["rows"] == 20 * 21
 
     memory = result["memory"]

@@ -1,0 +1,53 @@
+"""Where the sweep's MLflow store is, and whether it can be used: no MLflow import here.
+
+Importing MLflow takes about a second; the sweep checks its options and, for a store that does not exist yet,
+starts Ray before it needs MLflow, so that second overlaps Ray's start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipeline.trials import UsageError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The tracking URI: the option, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with a one-line :class:`UsageError` if the tracking store cannot be used. Writes nothing."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+                reply.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UsageError(f"tracking server {uri} is unreachable ({reason})") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"tracking URI {uri}: folder {folder} does not exist")
+    elif "://" in uri and not uri.startswith(("file://", "postgresql", "mysql", "mssql", "databricks")):
+        raise UsageError(f"tracking URI {uri}: unsupported scheme")
+
+
+def store_exists(uri: str) -> bool:
+    """False when the tracking URI is a local SQLite file that does not exist yet (nothing to read)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).expanduser().exists()
+    return True
+
+
+def mlflow_ui_command(uri: str, experiment_id: str | None) -> str:
+    """The command that opens these runs in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/")
+        return f"open {url}/#/experiments/{experiment_id}" if experiment_id else f"open {url}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"

@@ -1,0 +1,96 @@
+"""The Ray task on a real local Ray: how it groups epochs into streamed items, and a retry after its worker dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import ray
+from threadpoolctl import threadpool_limits
+
+from model.trial import iter_trial
+from pipeline import cluster
+from pipeline.tasks import train_trial
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _data(n_train: int = 300, n_test: int = 100, seed: int = 0) -> tuple:
+    """Synthetic 784-pixel images with a learnable label (the brightest of 10 pixel blocks)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_train + n_test, 784))
+    t = x[:, :780].reshape(-1, 10, 78).sum(axis=2).argmax(axis=1)
+    return x[:n_train], t[:n_train], x[n_train:], t[n_train:]
+
+
+def _config(**overrides) -> dict:
+    return {"weight_scale": 0.05, "use_batchnorm": True, "seed": 3, "train_size": 300, "test_size": 100,
+            "epochs": 10, "batch_size": 50, "hidden_size_list": [30, 30], **overrides}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    cluster.connect(None, 2)
+    yield
+    cluster.disconnect()
+
+
+def _in_process(config: dict, data: tuple) -> list[dict]:
+    """The trial trained here, with one BLAS thread as a task has (more threads sum in another order)."""
+    with threadpool_limits(limits=1):
+        return [record for _, record in iter_trial(config, *data)]
+
+
+def _items(config: dict, data: tuple, epochs_per_item: int) -> list[dict]:
+    return [ray.get(ref) for ref in train_trial.remote(config, ray.put(data), epochs_per_item)]
+
+
+@pytest.mark.parametrize("per_item", [1, 3, 4, 11, 50])
+def test_items_group_the_epochs_as_asked_and_carry_the_in_process_results(local_ray, per_item):
+    config, data = _config(), _data()
+    items = _items(config, data, per_item)
+    groups = [[epoch for epoch, _, _ in item["epochs"]] for item in items]
+    epochs = list(range(config["epochs"] + 1))
+    # full groups of per_item while epochs last, the rest (possibly none) with the final "done" item
+    expected = [epochs[i : i + per_item] for i in range(0, len(epochs) - len(epochs) % per_item, per_item)]
+    expected.append(epochs[len(epochs) - len(epochs) % per_item :])
+    assert groups == expected
+    assert ["done" in item for item in items] == [False] * (len(items) - 1) + [True]
+    assert items[-1]["diverged_at"] is None and items[-1]["seconds"] > 0
+    measured = [record for item in items for _, record, _ in item["epochs"]]
+    assert measured == _in_process(config, data)  # bit-identical to training here
+    stamps = [time_ms for item in items for _, _, time_ms in item["epochs"]]
+    assert stamps == sorted(stamps)
+
+
+def test_a_diverging_trial_ends_with_the_non_finite_epoch(local_ray):
+    config = _config(use_batchnorm=False, weight_scale=1.0, epochs=30, hidden_size_list=[100] * 5)
+    items = _items(config, _data(), 4)
+    last = items[-1]
+    assert last["done"] and last["diverged_at"] is not None
+    epochs = [epoch for item in items for epoch, _, _ in item["epochs"]]
+    assert epochs == list(range(last["diverged_at"] + 1)) and last["diverged_at"] < config["epochs"]
+    assert not np.isfinite(last["epochs"][-1][1]["train_loss"])
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_a_bad_group_size_is_refused(local_ray, bad):
+    with pytest.raises(ray.exceptions.RayTaskError, match="epochs_per_item must be a positive integer"):
+        _items(_config(), _data(), bad)
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_every_epoch_arrives_once(local_ray):
+    """Ray drops the items a retried generator yields again; that is only right if the retry groups its epochs
+    exactly as the first attempt did, which the argument guarantees."""
+    config, data = _config(epochs=150, train_size=300), _data()
+    gen = train_trial.remote(config, ray.put(data), 4)
+    first = ray.get(next(gen))
+    os.kill(int(first["node"]["pid"]), signal.SIGKILL)  # the trial has ~145 epochs to go
+    items = [first] + [ray.get(ref) for ref in gen]
+    assert len({item["node"]["pid"] for item in items}) == 2, "the task was not retried on a new worker"
+    epochs = [epoch for item in items for epoch, _, _ in item["epochs"]]
+    assert epochs == list(range(config["epochs"] + 1))
+    measured = [record for item in items for _, record, _ in item["epochs"]]
+    assert measured == _in_process(config, data)
