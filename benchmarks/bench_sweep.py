@@ -295,6 +295,37 @@ def run_sweep(sweep_args: list[str], workers: int, tmp: Path, *, timeout: float 
             "output_tail": tail(res["output"], 3)}
 
 
+#: A process that starts Ray as the sweep does, runs one trivial task per worker and shuts Ray down.
+_RAY_FIXED_CODE = """
+import json, sys, time
+t0 = time.perf_counter()
+from pipeline import cluster
+import ray
+t1 = time.perf_counter()
+cpus = cluster.connect(None, int(sys.argv[1]))
+t2 = time.perf_counter()
+ray.get([ray.remote(num_cpus=1)(lambda: 1).remote() for _ in range(cpus)])
+t3 = time.perf_counter()
+cluster.disconnect()
+t4 = time.perf_counter()
+print("RAY_FIXED " + json.dumps({"import_s": t1 - t0, "init_s": t2 - t1, "first_tasks_s": t3 - t2,
+                                 "shutdown_s": t4 - t3}), flush=True)
+"""
+
+
+def run_ray_fixed(workers: int, tmp: Path) -> dict:
+    """What Ray costs a sweep whatever its trials: a process that imports Ray, starts it exactly as the sweep
+    does (``pipeline.cluster.connect``), runs one trivial task per worker and shuts it down, timed from outside
+    like the sweep (``wall_s``), with its phases measured inside."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    res = run_timed([sys.executable, "-c", _RAY_FIXED_CODE, str(workers)], cwd=tmp, env=bench_env(),
+                    log_path=tmp / "ray_fixed.log", timeout=300, sample_memory=False)
+    inside = [json.loads(line.split(" ", 1)[1]) for line in res["output"].splitlines() if line.startswith("RAY_FIXED ")]
+    if res["returncode"] != 0 or not inside:
+        raise RuntimeError(f"bare Ray start/stop failed (exit {res['returncode']}): {tail(res['output'])}")
+    return {"wall_s": res["wall_s"], **inside[0]}
+
+
 def efficiency(run: dict, ideal_s: float) -> dict:
     """Efficiency figures of one sweep run against the ideal."""
     return {

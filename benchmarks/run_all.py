@@ -209,6 +209,8 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                                                mlflow=mlflow)
                 _say(f"[grid]   {name}: {run['wall_s']:.1f} s wall")
                 rep_result[name] = run
+            rep_result["ray_fixed"] = bench_sweep.run_ray_fixed(workers, Path(tmp) / "ray_fixed")
+            _say(f"[grid]   bare Ray start, one task per worker, shutdown: {rep_result['ray_fixed']['wall_s']:.1f} s")
         rep_result["load_after"] = load_avg()
         sweep_wall = rep_result["sweep"]["wall_s"]
         rep_result["ratios"] = {f"{p}_over_sweep": rep_result[p]["wall_s"] / sweep_wall for p in peers
@@ -232,7 +234,12 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         "sweep_cpu_s": {k: _median(s["memory"]["cpu_s"][k] for s in sweeps) for k in ("driver", "workers", "others")},
         "peer_wall_median_s": {p: _median(r[p]["wall_s"] for r in repetitions if p in r) for p in peers},
         "ratios": {k: _median(r["ratios"].get(k) for r in repetitions) for k in ratio_names},
+        "ray_fixed_median_s": _median(r["ray_fixed"]["wall_s"] for r in repetitions),
+        "ray_fixed_phases_median_s": {k: _median(r["ray_fixed"][k] for r in repetitions)
+                                      for k in ("import_s", "init_s", "first_tasks_s", "shutdown_s")},
     }
+    # The best efficiency a sweep could reach if everything but Ray's own start and stop were free.
+    summary["efficiency_bound_ray_fixed"] = ideal / (ideal + summary["ray_fixed_median_s"])
     return {"summary": summary, "compute_times_s": compute, "compute_cpu_times_s": compute_cpu,
             "load_before_compute": load_before, "load_after_compute": load_after_compute,
             "repetitions": repetitions}
@@ -308,6 +315,8 @@ def ratios(results: dict) -> dict[str, float]:
         s = results["grid"]["summary"]
         out["sweep_efficiency"] = s["efficiency"]
         out["sweep_efficiency_excl_startup"] = s["efficiency_excl_startup"]
+        if "efficiency_bound_ray_fixed" in s:
+            out["sweep_efficiency_bound_ray_fixed"] = s["efficiency_bound_ray_fixed"]
         out.update({k: v for k, v in s["ratios"].items() if v is not None})
     trial_s = default_trial_seconds(results) or (
         results["grid"]["summary"]["compute_median_s"] if results.get("grid") else None)
@@ -345,6 +354,13 @@ def table(results: dict) -> str:
         lines.append(f"  pipeline.sweep: wall {s['sweep_wall_median_s']:.1f} s (its own total "
                      f"{s['sweep_total_median_s']:.1f} s, Ray and data ready after {s['ray_ready_median_s']:.1f} s)"
                      f" -> efficiency {s['efficiency']:.2f}, {s['efficiency_excl_startup']:.2f} without start-up")
+        if "ray_fixed_median_s" in s:
+            ph = s["ray_fixed_phases_median_s"]
+            lines.append(f"  Ray alone (a process that imports and starts it as the sweep does, runs one trivial "
+                         f"task per worker and shuts it down): {s['ray_fixed_median_s']:.1f} s "
+                         f"(import {ph['import_s']:.1f}, init {ph['init_s']:.1f}, first tasks "
+                         f"{ph['first_tasks_s']:.1f}, shutdown {ph['shutdown_s']:.1f}) -> with nothing else costing "
+                         f"anything, efficiency could reach {s['efficiency_bound_ray_fixed']:.2f}")
         cpu = s.get("sweep_cpu_s", {})
         lines.append(f"  a trial is RUNNING {s['in_flight_median_s']:.2f} s (median; computes "
                      f"{s['compute_median_s']:.2f} s alone); CPU seconds during the sweep: driver "

@@ -97,6 +97,9 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert rep["pool"]["trials"] == 4
     assert len(grid["compute_times_s"]) == len(grid["compute_cpu_times_s"]) == 4
     assert grid["summary"]["sweep_cpu_s"]["workers"] > 0 and grid["summary"]["sweep_cpu_s"]["driver"] > 0
+    fixed = rep["ray_fixed"]
+    assert 0 < fixed["init_s"] < fixed["wall_s"] and fixed["shutdown_s"] > 0 and fixed["first_tasks_s"] > 0
+    assert 0 < grid["summary"]["efficiency_bound_ray_fixed"] < 1
 
     for kind in ("sqlite", "server"):
         calls = result["logging"][kind]["ms_per_call_median"]
