@@ -53,6 +53,16 @@ def epoch_records(epochs: int, rng_seed: int = 0) -> list[tuple[int, dict[str, f
                  "test_acc": float(rng.random())}, now + 25 * e) for e in range(epochs + 1)]
 
 
+def run_tags(sweep_id: str, driver: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``(tags a trial run is created with, node tags its first batch adds)``, shaped as the sweep's."""
+    import numpy as np
+
+    static = {"run_kind": "trial", "sweep_id": sweep_id, "dataset": "fashion-mnist", "dataset_sha256": "0" * 64,
+              "code_version": "bench", "driver": driver}
+    node = {"ray_node": uuid.uuid4().hex * 2, "ray_node_ip": "127.0.0.1", "numpy_version": np.__version__}
+    return static, node
+
+
 def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str = EXPERIMENT) -> dict:
     """Time the sweep's per-trial MLflow calls for every trial of ``grid`` against ``uri``.
 
@@ -67,9 +77,7 @@ def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str
     exp_id = tracker.ensure_experiment(experiment)
     sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     driver = tracking.driver_identity()
-    static_tags = {"run_kind": tracking.RUN_KIND_TRIAL, "sweep_id": sweep_id, "dataset": "fashion-mnist",
-                   "dataset_sha256": "0" * 64, "code_version": "bench", "driver": driver}
-    node_tags = {"ray_node": uuid.uuid4().hex * 2, "ray_node_ip": "127.0.0.1", "numpy_version": np.__version__}
+    static_tags, node_tags = run_tags(sweep_id, driver)
 
     def one_trial(config: dict) -> dict[str, float]:
         key = trial_key(config)
@@ -120,7 +128,6 @@ def time_floor(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str =
     The sweep's cost above this floor is its exactly-once search; the floor itself is MLflow's (its SQL store
     writes each metric value as an ORM row, about 0.2 ms apiece here: 63 per default trial).
     """
-    import numpy as np
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
@@ -128,9 +135,7 @@ def time_floor(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str =
 
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(f"{experiment}-{uuid.uuid4().hex[:6]}")
-    static_tags = {"run_kind": "trial", "sweep_id": "floor", "dataset": "fashion-mnist", "dataset_sha256": "0" * 64,
-                   "code_version": "bench", "driver": "host:1:2"}
-    node_tags = {"ray_node": uuid.uuid4().hex * 2, "ray_node_ip": "127.0.0.1", "numpy_version": np.__version__}
+    static_tags, node_tags = run_tags("floor", "host:1:2")
 
     def one_trial(config: dict) -> float:
         start = time.perf_counter()
