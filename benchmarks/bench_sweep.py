@@ -171,7 +171,8 @@ class TreeSampler:
             if proc.pid == self.pid:
                 driver = rss
                 kind = "driver"
-            elif title.startswith("ray::"):
+            elif title.startswith("ray::") or self._cpu.get(proc.pid, ("",))[0] == "workers":
+                # (once a worker, always: an exiting worker's title is gone by the last samples)
                 workers_total += rss
                 worker_max = max(worker_max, rss)
                 n_workers += 1

@@ -25,19 +25,38 @@ __all__ = [
 ]
 
 
+def column_sums(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a.sum(axis=0)`` of a (batch, features) array, as a product with a ones vector (into ``out`` if given).
+
+    Same sums, another order of additions: BLAS's matrix-vector product takes about a third of the time of
+    NumPy's axis-0 reduction on a (100, 100) batch, and a trial takes 2,000 to 3,000 such sums.
+    """
+    return np.matmul(np.ones(a.shape[0], dtype=a.dtype), a, out=out)
+
+
 class Affine:
     """``out = x @ W + b``.
 
     ``need_dx=False`` is for the first layer of a network: the gradient with respect to the network
     input is never used, and computing it (a batch x 100 x 784 matrix product) would double the
-    first layer's backward cost.
+    first layer's backward cost. ``dW``/``db``, if given, are the arrays ``backward`` writes the
+    gradients into (a network's gradient buffer); by default each backward pass makes new ones.
     """
 
-    def __init__(self, W: np.ndarray, b: np.ndarray, *, need_dx: bool = True) -> None:
+    def __init__(
+        self,
+        W: np.ndarray,
+        b: np.ndarray,
+        *,
+        need_dx: bool = True,
+        dW: np.ndarray | None = None,
+        db: np.ndarray | None = None,
+    ) -> None:
         self.W = W
         self.b = b
         self.need_dx = need_dx
         self.x: np.ndarray | None = None
+        self._out = (dW, db)
         self.dW: np.ndarray | None = None
         self.db: np.ndarray | None = None
 
@@ -48,8 +67,8 @@ class Affine:
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        self.dW = self.x.T @ dout
-        self.db = dout.sum(axis=0)
+        self.dW = np.matmul(self.x.T, dout, out=self._out[0])
+        self.db = column_sums(dout, out=self._out[1])
         return dout @ self.W.T if self.need_dx else None
 
 
@@ -91,7 +110,8 @@ class BatchNormalization:
     Training mode normalizes with the mini-batch mean and biased variance and updates the running
     statistics, ``running = momentum * running + (1 - momentum) * batch_stat``; the running statistics
     start at zeros (the book's behaviour). Inference mode normalizes with the running statistics.
-    ``eps`` defaults to 1e-6 (the book's ``10e-7``).
+    ``eps`` defaults to 1e-6 (the book's ``10e-7``). ``dgamma``/``dbeta``, if given, are the arrays
+    ``backward`` writes the gradients into, as for :class:`Affine`.
     """
 
     def __init__(
@@ -102,7 +122,11 @@ class BatchNormalization:
         eps: float = 1e-6,
         running_mean: np.ndarray | None = None,
         running_var: np.ndarray | None = None,
+        *,
+        dgamma: np.ndarray | None = None,
+        dbeta: np.ndarray | None = None,
     ) -> None:
+        self._out = (dgamma, dbeta)
         self.gamma = gamma
         self.beta = beta
         self.momentum = float(momentum)
@@ -124,7 +148,7 @@ class BatchNormalization:
             return out
 
         n = x.shape[0]
-        mu = x.sum(axis=0) / n
+        mu = column_sums(x) / n
         xc = x - mu
         var = np.einsum("ij,ij->j", xc, xc) / n  # biased variance; einsum avoids an xc**2 temporary
         inv_std = 1.0 / np.sqrt(var + self.eps)
@@ -150,8 +174,8 @@ class BatchNormalization:
         # are folded into small vectors first.
         n = dout.shape[0]
         xc, inv_std = self.xc, self.inv_std
-        self.dbeta = dout.sum(axis=0)
-        self.dgamma = np.einsum("ij,ij->j", xc, dout) * inv_std  # sum(xn * dout)
+        self.dbeta = column_sums(dout, out=self._out[1])
+        self.dgamma = np.multiply(np.einsum("ij,ij->j", xc, dout), inv_std, out=self._out[0])  # sum(xn * dout)
         scale = self.gamma * inv_std
         dx = dout * scale
         dx -= scale * self.dbeta / n

@@ -49,6 +49,8 @@ class MultiLayerNet:
     ``params`` holds ``W1..W{L}`` (fan_in, fan_out), ``b1..b{L}`` and, with batchnorm,
     ``gamma1..gamma{L-1}`` and ``beta1..beta{L-1}``. The layers hold these very arrays, so update them
     in place (as the optimizers do); assigning a new array to ``params[key]`` would not reach the layers.
+    They are views into one flat array, ``param_buffer``; ``grads`` (filled by ``backprop``) holds the
+    gradients the same way in ``grad_buffer``.
 
     Weights are drawn W1, W2, ... from ``rng`` (a Generator or an int seed; None takes fresh OS entropy,
     not reproducible) in float64, ``N(0, std^2)``,
@@ -96,33 +98,43 @@ class MultiLayerNet:
         self.use_batchnorm = bool(use_batchnorm)
         self.rng = rng
 
-        self.params: dict[str, np.ndarray] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for idx in range(1, len(sizes)):
-            fan_in, fan_out = sizes[idx - 1], sizes[idx]
-            scale = init_scale(weight_init_std, fan_in)
+            shapes[f"W{idx}"], shapes[f"b{idx}"] = (sizes[idx - 1], sizes[idx]), (sizes[idx],)
+            if self.use_batchnorm and idx <= self.hidden_layer_num:
+                shapes[f"gamma{idx}"] = shapes[f"beta{idx}"] = (sizes[idx],)
+        # Every parameter is a view into one flat array, and its gradient a view into another of the same
+        # layout, so that an elementwise optimizer can update all of them at once (see ``backprop``).
+        self.param_buffer, self.params = _views(shapes, self.dtype)
+        self.grad_buffer, self.grads = _views(shapes, self.dtype)
+        for idx in range(1, len(sizes)):
+            scale = init_scale(weight_init_std, sizes[idx - 1])
             # drawn in float64 whatever the dtype, so float32 and float64 nets start from the same weights
-            self.params[f"W{idx}"] = (scale * rng.standard_normal((fan_in, fan_out))).astype(self.dtype)
-            self.params[f"b{idx}"] = np.zeros(fan_out, dtype=self.dtype)
+            self.params[f"W{idx}"][...] = scale * rng.standard_normal(shapes[f"W{idx}"])
+            if self.use_batchnorm and idx <= self.hidden_layer_num:
+                self.params[f"gamma{idx}"][...] = 1.0
+
+        def affine(idx: int) -> Affine:
+            # the first layer's input is the data: its gradient is never needed
+            return Affine(self.params[f"W{idx}"], self.params[f"b{idx}"], need_dx=idx > 1,
+                          dW=self.grads[f"W{idx}"], db=self.grads[f"b{idx}"])
 
         self.layers: dict[str, object] = {}
         for idx in range(1, self.hidden_layer_num + 1):
-            size = self.hidden_size_list[idx - 1]
-            # the first layer's input is the data: its gradient is never needed
-            self.layers[f"Affine{idx}"] = Affine(self.params[f"W{idx}"], self.params[f"b{idx}"], need_dx=idx > 1)
+            self.layers[f"Affine{idx}"] = affine(idx)
             if self.use_batchnorm:
-                self.params[f"gamma{idx}"] = np.ones(size, dtype=self.dtype)
-                self.params[f"beta{idx}"] = np.zeros(size, dtype=self.dtype)
                 self.layers[f"BatchNorm{idx}"] = BatchNormalization(
                     self.params[f"gamma{idx}"],
                     self.params[f"beta{idx}"],
                     momentum=batchnorm_momentum,
                     eps=batchnorm_eps,
+                    dgamma=self.grads[f"gamma{idx}"],
+                    dbeta=self.grads[f"beta{idx}"],
                 )
             self.layers[f"Activation_function{idx}"] = ACTIVATIONS[activation]()
             if self.use_dropout:
                 self.layers[f"Dropout{idx}"] = Dropout(dropout_ratio, rng=rng)
-        last = self.hidden_layer_num + 1
-        self.layers[f"Affine{last}"] = Affine(self.params[f"W{last}"], self.params[f"b{last}"], need_dx=last > 1)
+        self.layers[f"Affine{self.hidden_layer_num + 1}"] = affine(self.hidden_layer_num + 1)
         self.last_layer = SoftmaxWithLoss()
 
     # -- forward -------------------------------------------------------------------------------
@@ -183,22 +195,37 @@ class MultiLayerNet:
 
     # -- backward ------------------------------------------------------------------------------
 
-    def gradient(self, x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-        """Gradients of ``loss(x, t, train=True)`` by backpropagation; same keys and shapes as ``params``."""
+    def backprop(self, x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
+        """Gradients of ``loss(x, t, train=True)`` by backpropagation, written into ``self.grads``.
+
+        ``self.grads`` has the keys and shapes of ``params``; its arrays are views into ``grad_buffer``, laid out
+        as ``params`` is in ``param_buffer``, and the next call overwrites them (``gradient`` returns copies).
+        The training loop uses this: an elementwise optimizer given ``{"all": param_buffer}`` and
+        ``{"all": grad_buffer}`` updates every parameter with the very numbers it would compute array by array,
+        in 2 NumPy calls per step instead of 2 per array (44 with batchnorm; about 4 % of a trial).
+        """
         self.loss(x, t, train=True)
 
         dout = self.last_layer.backward(1.0)
         for layer in reversed(self.layers.values()):
-            dout = layer.backward(dout)
+            dout = layer.backward(dout)  # each layer writes its parameters' gradients into self.grads
 
-        grads: dict[str, np.ndarray] = {}
-        lam = self.weight_decay_lambda
-        for idx in range(1, self.hidden_layer_num + 2):
-            affine = self.layers[f"Affine{idx}"]
-            grads[f"W{idx}"] = affine.dW + lam * self.params[f"W{idx}"] if lam else affine.dW
-            grads[f"b{idx}"] = affine.db
-            if self.use_batchnorm and idx <= self.hidden_layer_num:
-                bn = self.layers[f"BatchNorm{idx}"]
-                grads[f"gamma{idx}"] = bn.dgamma
-                grads[f"beta{idx}"] = bn.dbeta
-        return grads
+        if self.weight_decay_lambda:
+            for idx in range(1, self.hidden_layer_num + 2):
+                self.grads[f"W{idx}"] += self.weight_decay_lambda * self.params[f"W{idx}"]
+        return self.grads
+
+    def gradient(self, x: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
+        """Gradients of ``loss(x, t, train=True)`` by backpropagation; same keys and shapes as ``params``."""
+        return {key: grad.copy() for key, grad in self.backprop(x, t).items()}
+
+
+def _views(shapes: dict[str, tuple[int, ...]], dtype: np.dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One zeroed flat array and, per key, a view of it with that shape (laid out in key order)."""
+    buffer = np.zeros(sum(math.prod(shape) for shape in shapes.values()), dtype=dtype)
+    views, start = {}, 0
+    for key, shape in shapes.items():
+        size = math.prod(shape)
+        views[key] = buffer[start : start + size].reshape(shape)
+        start += size
+    return buffer, views

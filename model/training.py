@@ -80,7 +80,9 @@ def iter_epochs(
     on divergence): nothing runs ahead of the consumer. A diverged (NaN/inf) loss is recorded, not raised.
 
     The arguments are checked, and the data converted to the net's dtype (once), at the call rather
-    than at the first ``next``.
+    than at the first ``next``. ``optimizer.update`` is given all parameters as one array
+    (``{"all": net.param_buffer}``) and all gradients as another: it must work elementwise, as the
+    book's optimizers (``model.optimizers``) do.
     """
     epochs = _check_count("epochs", epochs, 0)
     batch_size = _check_count("batch_size", batch_size, 1)
@@ -107,6 +109,9 @@ def _epochs(
 ) -> Iterator[tuple[int, dict[str, float]]]:
     """The loop of :func:`iter_epochs`, on checked and converted data."""
     n = len(x_train)
+    # All of the net's parameters and gradients as one array each (see MultiLayerNet.backprop): the book's
+    # optimizers are elementwise, so one update of the whole buffer equals one per parameter array.
+    params, grads = {"all": net.param_buffer}, {"all": net.grad_buffer}
     for epoch in range(epochs + 1):
         # A diverging net overflows: the NaN/inf loss in the record is the report, not a warning.
         # (Scoped per epoch, not across the yield, so the consumer's error state is left alone.)
@@ -115,8 +120,8 @@ def _epochs(
                 order = rng.permutation(n)
                 for start in range(0, n, batch_size):
                     batch = order[start : start + batch_size]
-                    grads = net.gradient(x_train[batch], t_train[batch])
-                    optimizer.update(net.params, grads)
+                    net.backprop(x_train[batch], t_train[batch])
+                    optimizer.update(params, grads)
 
             train_loss, train_acc = net.evaluate(x_train, t_train)
             record = {"train_acc": train_acc, "train_loss": train_loss}

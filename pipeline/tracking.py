@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ for _name, _value in (
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from sqlalchemy import event  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
 
 RUN_KIND_TRIAL = "trial"
 #: ``failure_reason`` of a trial whose loss became non-finite: a deterministic outcome of its config and seed.
@@ -43,6 +46,34 @@ DIVERGED = "diverged"
 METRIC_NAMES = ("train_acc", "test_acc", "train_loss")
 
 T = TypeVar("T")
+
+
+# --- a SQLite store in WAL mode ------------------------------------------------------------------------------
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_wal(dbapi_connection, connection_record) -> None:  # noqa: ARG001 - SQLAlchemy's signature
+    """Open every SQLite store of this process in write-ahead-log mode with ``synchronous=NORMAL``.
+
+    MLflow's SQLite store commits several times per run; in SQLite's default rollback-journal mode every commit
+    syncs the file twice. In WAL mode with ``synchronous=NORMAL`` a commit appends to the log and syncs only at
+    checkpoints: 20 instead of 27 ms of MLflow per trial here (``python -m benchmarks.bench_logging``). WAL also
+    lets ``mlflow ui`` and ``python -m analysis`` read the store while a sweep writes it, without "database is
+    locked". The mode stays with the file (other processes open it in WAL mode too); ``synchronous`` is this
+    connection's. What it gives up: after a power loss (not a crash of the sweep) the last commits may be
+    missing; a trial whose FINISHED was lost is then an orphan that the next sweep reruns, never a wrong result.
+    """
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() not in ("wal", "memory"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.OperationalError:
+        pass  # the file is busy (another process holds a lock): keep its mode; the next connection tries again
+    finally:
+        cursor.close()
 
 
 # --- the identity of this driver, to tell live sweeps from orphans -------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -36,6 +39,8 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
     runs = trial_runs(uri, EXPERIMENT)
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
     assert set(finished_counts(uri, EXPERIMENT)) == expected_keys([0, 1])
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # the sweep made its store a write-ahead-log one
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {r.info.run_name for r in runs}
     assert names == {f"w={w} {arm} seed={s}" for w in ("0.1", "0.01") for arm in ("bn", "plain") for s in (0, 1)}
 
@@ -75,6 +80,31 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
     counts = finished_counts(uri, EXPERIMENT)
     assert set(counts) == expected_keys([0, 1, 2]) and set(counts.values()) == {1}
     assert len({r.data.tags["sweep_id"] for r in trial_runs(uri, EXPERIMENT)}) == 2
+
+
+_READER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=0.5)
+print(db.execute("select count(*) from experiments").fetchone()[0])
+"""
+
+
+def test_a_reader_of_the_sqlite_store_never_waits_for_the_writer(tmp_path):
+    """WAL mode: ``mlflow ui`` or ``python -m analysis`` read the store while the sweep holds a write lock on it."""
+    from pipeline.tracking import Tracker
+
+    path = tmp_path / "mlflow.db"
+    Tracker(f"sqlite:///{path}").ensure_experiment("wal")  # creates the store as the sweep does
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # a rollback-journal store would lock every reader out until COMMIT
+    writer.execute("UPDATE experiments SET name = name")
+    try:
+        read = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True, text=True, timeout=60)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert read.returncode == 0, read.stderr
+    assert int(read.stdout) == 2  # MLflow's Default experiment and ours
 
 
 def test_dry_run_starts_nothing_and_writes_nothing(fashion_mnist_dir, tmp_path):

@@ -69,15 +69,15 @@ def with_ids(x: np.ndarray) -> np.ndarray:
 
 
 def spy_batches(net: MultiLayerNet) -> list[np.ndarray]:
-    """Record the sample ids (first column) of every mini-batch ``net.gradient`` is called with."""
+    """Record the sample ids (first column) of every mini-batch ``net.backprop`` is called with."""
     seen: list[np.ndarray] = []
-    real_gradient = net.gradient
+    real_backprop = net.backprop
 
-    def gradient(x, t):
+    def backprop(x, t):
         seen.append(x[:, 0].astype(int))
-        return real_gradient(x, t)
+        return real_backprop(x, t)
 
-    net.gradient = gradient
+    net.backprop = backprop
     return seen
 
 
@@ -234,6 +234,43 @@ def test_make_optimizer():
         make_optimizer("rmsprop", 0.01)
     with pytest.raises(ValueError):
         make_optimizer("sgd", -1.0)
+
+
+def test_params_and_grads_are_views_of_one_buffer_each_and_gradient_returns_copies():
+    net = small_net(use_batchnorm=True, weight_decay_lambda=0.1)
+    assert list(net.grads) == list(net.params)
+    for key, p in net.params.items():
+        assert np.shares_memory(p, net.param_buffer) and np.shares_memory(net.grads[key], net.grad_buffer)
+        assert net.grads[key].shape == p.shape and net.grads[key].dtype == p.dtype
+    assert net.param_buffer.size == sum(p.size for p in net.params.values()) == net.grad_buffer.size
+    first = net.gradient(X_TRAIN[:64], T_TRAIN[:64])
+    second = net.gradient(X_TRAIN[64:128], T_TRAIN[64:128])
+    assert not any(np.shares_memory(g, net.grad_buffer) for g in first.values())
+    assert not np.array_equal(first["W1"], second["W1"])  # the first call's result survived the second
+    for key, g in second.items():  # backprop fills the buffer views with what gradient returns
+        np.testing.assert_array_equal(net.grads[key], g)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("use_batchnorm", [False, True])
+def test_training_on_the_flat_buffers_equals_updating_array_by_array(name, use_batchnorm):
+    """The training loop hands the optimizer all parameters as one array: the same numbers, bit for bit, as the
+    book's ``optimizer.update(net.params, net.gradient(x, t))`` per mini-batch."""
+    epochs, batch_size = 2, 64
+    flat = small_net(use_batchnorm=use_batchnorm, weight_decay_lambda=0.01)
+    train(flat, make_optimizer(name, 0.05), X_TRAIN, T_TRAIN, epochs=epochs, batch_size=batch_size, rng=5)
+
+    book = small_net(use_batchnorm=use_batchnorm, weight_decay_lambda=0.01)
+    optimizer, order_rng = make_optimizer(name, 0.05), np.random.default_rng(5)
+    x = X_TRAIN.astype(book.dtype)
+    for _ in range(epochs):
+        order = order_rng.permutation(len(x))
+        for start in range(0, len(x), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.update(book.params, book.gradient(x[batch], T_TRAIN[batch]))
+    for key, p in book.params.items():
+        np.testing.assert_array_equal(flat.params[key], p, err_msg=key)
+        assert not np.array_equal(p, small_net(use_batchnorm=use_batchnorm).params[key]), key  # it trained
 
 
 # ------------------------------------------------------------------------------------------ train()
