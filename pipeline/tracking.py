@@ -57,7 +57,7 @@ def _sqlite_wal(dbapi_connection, connection_record) -> None:  # noqa: ARG001 - 
 
     MLflow's SQLite store commits several times per run; in SQLite's default rollback-journal mode every commit
     syncs the file twice. In WAL mode with ``synchronous=NORMAL`` a commit appends to the log and syncs only at
-    checkpoints: 20 instead of 27 ms of MLflow per trial here (``python -m benchmarks.bench_logging``). WAL also
+    checkpoints: about 21 instead of 27 ms of MLflow per trial here (``python -m benchmarks.bench_logging``). WAL also
     lets ``mlflow ui`` and ``python -m analysis`` read the store while a sweep writes it, without "database is
     locked". The mode stays with the file (other processes open it in WAL mode too); ``synchronous`` is this
     connection's. What it gives up: after a power loss (not a crash of the sweep) the last commits may be
