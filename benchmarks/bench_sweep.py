@@ -7,7 +7,11 @@ Ray task gets), on the data exactly as the sweep hands it to its tasks. The effi
 - ``wall_s``: the sweep process's wall time measured from outside (``Popen`` to exit): Python start-up and
   imports, Ray start-up, data loading, every trial, MLflow, shut-down;
 - ``sweep_total_s`` / ``ray_ready_s``: what the sweep itself prints ("done in X s (Ray and data ready after
-  Y s)"), so Ray start-up is also shown separately and excluded in ``efficiency_excl_startup``.
+  Y s; ...)"), so Ray start-up is also shown separately and excluded in ``efficiency_excl_startup``;
+- ``trials_compute_s``: what it prints as the trials' own compute time, summed over the tasks ("trials computed
+  Z s"). Against the compute measured in this process it shows how much slower a trial computes beside the
+  others (two trials on two cores share caches and memory bandwidth; the driver and Ray's daemons take turns),
+  and ``orchestration_efficiency`` = ``Z / workers / (X - Y)`` how busy the workers were once Ray was up.
 
 While the sweep runs, the RSS of its process tree is sampled (driver, Ray workers, Ray's own daemons).
 Afterwards the runs are read back from MLflow: all must be FINISHED, and their start/end times give how long
@@ -33,7 +37,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 from threadpoolctl import threadpool_limits
 
@@ -49,7 +52,8 @@ QUIET_ENV = {
     "no_proxy": "127.0.0.1,localhost",
     "PYTHONUNBUFFERED": "1",
 }
-_DONE_RE = re.compile(r"done in ([0-9.]+) s \(Ray and data ready after ([0-9.]+) s\): (\d+) run")
+_DONE_RE = re.compile(r"done in ([0-9.]+) s \(Ray and data ready after ([0-9.]+) s; trials computed ([0-9.]+) s on "
+                      r"(\d+) workers\): (\d+) run")
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -83,18 +87,10 @@ def sweep_grid(args: list[str]) -> tuple[argparse.Namespace, dict, list[dict]]:
 
 
 def sweep_data(ns: argparse.Namespace, base: dict) -> tuple:
-    """``(x_train, t_train, x_test, t_test)`` as the sweep puts them into Ray's object store: the first
-    ``train_size``/``test_size`` samples, images cast to the trial dtype, all contiguous (pipeline/sweep.py)."""
-    from pipeline.data import load_dataset
+    """``(x_train, t_train, x_test, t_test)`` exactly as the sweep puts them into Ray's object store."""
+    from pipeline.sweep import trial_data
 
-    (x_train, t_train), (x_test, t_test) = load_dataset(ns.dataset, ns.data_dir, download=False)
-    dtype = np.dtype(base["dtype"])
-    return (
-        np.ascontiguousarray(x_train[: base["train_size"]], dtype=dtype),
-        np.ascontiguousarray(t_train[: base["train_size"]]),
-        np.ascontiguousarray(x_test[: base["test_size"]], dtype=dtype),
-        np.ascontiguousarray(t_test[: base["test_size"]]),
-    )
+    return trial_data(ns, base)[0]
 
 
 def trial_compute_time(config: dict, data: tuple) -> float:
@@ -290,8 +286,11 @@ def run_sweep(sweep_args: list[str], workers: int, tmp: Path, *, timeout: float 
     runs = read_runs(uri, EXPERIMENT)
     if any(not reason.startswith("diverged") for reason in runs["failure_reasons"]):
         raise RuntimeError(f"sweep had failures other than divergence: {runs['failure_reasons'][:5]}")
-    total, ready, ran = float(match.group(1)), float(match.group(2)), int(match.group(3))
+    total, ready, computed = float(match.group(1)), float(match.group(2)), float(match.group(3))
+    ran = int(match.group(5))
     return {"wall_s": res["wall_s"], "sweep_total_s": total, "ray_ready_s": ready, "trials_run": ran,
+            "trials_compute_s": computed,
+            "orchestration_efficiency": computed / int(match.group(4)) / (total - ready),
             "returncode": res["returncode"], "memory": res["memory"], "mlflow": runs,
             "output_tail": tail(res["output"], 3)}
 

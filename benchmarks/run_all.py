@@ -240,6 +240,18 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
     }
     # The best efficiency a sweep could reach if everything but Ray's own start and stop were free.
     summary["efficiency_bound_ray_fixed"] = ideal / (ideal + summary["ray_fixed_median_s"])
+    # What the trials cost beside each other: their compute summed inside the sweep's tasks (and inside the
+    # pool's workers) against the same trials computed one at a time in this process.
+    summary["sweep_trials_compute_median_s"] = _median(s["trials_compute_s"] for s in sweeps)
+    summary["orchestration_efficiency"] = _median(s["orchestration_efficiency"] for s in sweeps)
+    summary["slowdown_in_sweep"] = summary["sweep_trials_compute_median_s"] / sum(compute)
+    pools = [r["pool"] for r in repetitions if "pool" in r]
+    if pools:
+        summary["slowdown_in_pool"] = _median(p["compute_sum_s"] for p in pools) / sum(compute)
+        # The best a sweep could do if its trials ran beside each other as well as the pool's do (which includes
+        # interpreter start-up and data loading) and it added nothing but Ray's own start and stop.
+        summary["efficiency_bound_pool_and_ray"] = ideal / (summary["peer_wall_median_s"]["pool"]
+                                                            + summary["ray_fixed_median_s"])
     return {"summary": summary, "compute_times_s": compute, "compute_cpu_times_s": compute_cpu,
             "load_before_compute": load_before, "load_after_compute": load_after_compute,
             "repetitions": repetitions}
@@ -315,8 +327,9 @@ def ratios(results: dict) -> dict[str, float]:
         s = results["grid"]["summary"]
         out["sweep_efficiency"] = s["efficiency"]
         out["sweep_efficiency_excl_startup"] = s["efficiency_excl_startup"]
-        if "efficiency_bound_ray_fixed" in s:
-            out["sweep_efficiency_bound_ray_fixed"] = s["efficiency_bound_ray_fixed"]
+        for key in ("efficiency_bound_ray_fixed", "efficiency_bound_pool_and_ray", "orchestration_efficiency"):
+            if key in s:
+                out["sweep_" + key] = s[key]
         out.update({k: v for k, v in s["ratios"].items() if v is not None})
     trial_s = default_trial_seconds(results) or (
         results["grid"]["summary"]["compute_median_s"] if results.get("grid") else None)
@@ -361,6 +374,15 @@ def table(results: dict) -> str:
                          f"(import {ph['import_s']:.1f}, init {ph['init_s']:.1f}, first tasks "
                          f"{ph['first_tasks_s']:.1f}, shutdown {ph['shutdown_s']:.1f}) -> with nothing else costing "
                          f"anything, efficiency could reach {s['efficiency_bound_ray_fixed']:.2f}")
+        if "sweep_trials_compute_median_s" in s:
+            lines.append(f"  the trials computed {s['sweep_trials_compute_median_s']:.1f} s inside the sweep "
+                         f"({s['slowdown_in_sweep']:.2f}x their time alone"
+                         + (f"; {s['slowdown_in_pool']:.2f}x inside the pool" if "slowdown_in_pool" in s else "")
+                         + f"); once Ray was up the workers were busy {100 * s['orchestration_efficiency']:.0f} % "
+                         "of the time")
+        if "efficiency_bound_pool_and_ray" in s:
+            lines.append(f"  the pool's wall plus Ray alone caps the efficiency at "
+                         f"{s['efficiency_bound_pool_and_ray']:.2f}")
         cpu = s.get("sweep_cpu_s", {})
         lines.append(f"  a trial is RUNNING {s['in_flight_median_s']:.2f} s (median; computes "
                      f"{s['compute_median_s']:.2f} s alone); CPU seconds during the sweep: driver "

@@ -277,12 +277,14 @@ def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[st
     return 0
 
 
-def _load_data(args: argparse.Namespace, base: dict) -> tuple[tuple, str]:
-    """Load the data set once, cut the train/test subsets and cast them to the trial dtype."""
+def trial_data(args: argparse.Namespace, base: dict) -> tuple[tuple, str]:
+    """``((x_train, t_train, x_test, t_test), dataset sha256)`` as every task gets them: the first
+    ``train_size``/``test_size`` samples, images in the trial dtype, all contiguous."""
     from pipeline.data import load_dataset_with_checksum
 
     try:
-        ((x_train, t_train), (x_test, t_test)), checksum = load_dataset_with_checksum(args.dataset, args.data_dir)
+        ((x_train, t_train), (x_test, t_test)), checksum = load_dataset_with_checksum(
+            args.dataset, args.data_dir, first=(base["train_size"], base["test_size"]))
     except ValueError as exc:  # DatasetError: a one-line message that names the fix
         raise UsageError(str(exc)) from None
     for name, want, have in (("--train-size", base["train_size"], len(x_train)),
@@ -290,12 +292,8 @@ def _load_data(args: argparse.Namespace, base: dict) -> tuple[tuple, str]:
         if want > have:
             raise UsageError(f"{name} {want} is larger than the {args.dataset} split ({have} samples)")
     dtype = np.dtype(base["dtype"])
-    data = (
-        np.ascontiguousarray(x_train[: base["train_size"]], dtype=dtype),
-        np.ascontiguousarray(t_train[: base["train_size"]]),
-        np.ascontiguousarray(x_test[: base["test_size"]], dtype=dtype),
-        np.ascontiguousarray(t_test[: base["test_size"]]),
-    )
+    data = (np.ascontiguousarray(x_train, dtype=dtype), np.ascontiguousarray(t_train),
+            np.ascontiguousarray(x_test, dtype=dtype), np.ascontiguousarray(t_test))
     return data, checksum
 
 
@@ -328,7 +326,7 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
     from pipeline import tracking
 
     try:
-        data, checksum = _load_data(args, base)
+        data, checksum = trial_data(args, base)
         tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry,
                                    on_retry=lambda m: tqdm.write(m, file=sys.stderr))
         exp_id = tracker.ensure_experiment(args.experiment)
@@ -562,7 +560,9 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         bar.close()
 
     wall = time.perf_counter() - started
-    _say(f"Sweep {sweep_id} done in {wall:.1f} s (Ray and data ready after {ray_seconds:.1f} s): "
+    # The trials' own compute time (measured inside the tasks) next to the wall time: how busy the workers were.
+    _say(f"Sweep {sweep_id} done in {wall:.1f} s (Ray and data ready after {ray_seconds:.1f} s; trials computed "
+         f"{outcome.compute_seconds:.1f} s on {workers} workers): "
          f"{outcome.finished} run, {skipped} skipped as already FINISHED, {outcome.failed} failed"
          + (f" ({outcome.diverged} of them diverged)" if outcome.diverged else "")
          + (f", {outcome.yielded} left to a concurrent sweep" if outcome.yielded else "")

@@ -100,6 +100,11 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     fixed = rep["ray_fixed"]
     assert 0 < fixed["init_s"] < fixed["wall_s"] and fixed["shutdown_s"] > 0 and fixed["first_tasks_s"] > 0
     assert 0 < grid["summary"]["efficiency_bound_ray_fixed"] < 1
+    summary = grid["summary"]
+    assert 0 < rep["sweep"]["trials_compute_s"] <= 2 * rep["sweep"]["sweep_total_s"]
+    assert 0 < summary["orchestration_efficiency"] <= 1
+    assert summary["slowdown_in_sweep"] > 0 and summary["slowdown_in_pool"] > 0
+    assert 0 < summary["efficiency_bound_pool_and_ray"] < summary["efficiency_bound_ray_fixed"]
 
     for kind in ("sqlite", "server"):
         calls = result["logging"][kind]["ms_per_call_median"]

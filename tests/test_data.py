@@ -283,6 +283,20 @@ def test_load_with_checksum_agrees_and_cache_follows_file_changes(tmp_path):
     assert data.dataset_checksum("mnist", data_dir=folder) == ds2.checksum != ds.checksum
 
 
+def test_first_samples_equal_the_full_load_sliced_and_the_checksum_is_still_of_the_whole_files(tmp_path):
+    folder = tmp_path / "d"
+    ds = write_idx_dataset(folder, n_train=6, n_test=3, seed=8)
+    (x_tr, t_tr), (x_te, t_te) = data.load_dataset("mnist", data_dir=folder)
+    ((fx_tr, ft_tr), (fx_te, ft_te)), checksum = data.load_dataset_with_checksum("mnist", data_dir=folder,
+                                                                                first=(4, 10))
+    assert checksum == ds.checksum
+    assert fx_tr.shape == (4, 784) and fx_te.shape == (3, 784)  # a split with fewer samples comes whole
+    for got, want in ((fx_tr, x_tr[:4]), (ft_tr, t_tr[:4]), (fx_te, x_te), (ft_te, t_te)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    with pytest.raises(ValueError, match="first must be"):
+        data.load_dataset("mnist", data_dir=folder, first=(4,))
+
+
 # ---------------------------------------------------------------------------------------- search order
 
 

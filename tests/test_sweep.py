@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
     assert first.returncode == 0, first.stderr
     assert "8 to run" in first.stderr and "8 run, 0 skipped" in first.stderr
     assert f"mlflow ui --backend-store-uri {uri}" in first.stderr
+    # the summary says how long the trials computed: more than nothing, at most every worker busy all along
+    done = re.search(r"done in ([0-9.]+) s .*; trials computed ([0-9.]+) s on (\d+) workers\)", first.stderr)
+    assert done, first.stderr
+    total, computed, workers = float(done.group(1)), float(done.group(2)), int(done.group(3))
+    assert 0 < computed <= workers * total
 
     runs = trial_runs(uri, EXPERIMENT)
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
