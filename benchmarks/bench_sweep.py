@@ -52,8 +52,8 @@ QUIET_ENV = {
     "no_proxy": "127.0.0.1,localhost",
     "PYTHONUNBUFFERED": "1",
 }
-_DONE_RE = re.compile(r"done in ([0-9.]+) s \(Ray and data ready after ([0-9.]+) s; trials computed ([0-9.]+) s on "
-                      r"(\d+) workers\): (\d+) run")
+_DONE_RE = re.compile(r"done in (?P<total>[0-9.]+) s \(Ray and data ready after (?P<ready>[0-9.]+) s; trials computed "
+                      r"(?P<computed>[0-9.]+) s on (?P<workers>\d+) workers\): (?P<ran>\d+) run")
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -286,11 +286,10 @@ def run_sweep(sweep_args: list[str], workers: int, tmp: Path, *, timeout: float 
     runs = read_runs(uri, EXPERIMENT)
     if any(not reason.startswith("diverged") for reason in runs["failure_reasons"]):
         raise RuntimeError(f"sweep had failures other than divergence: {runs['failure_reasons'][:5]}")
-    total, ready, computed = float(match.group(1)), float(match.group(2)), float(match.group(3))
-    ran = int(match.group(5))
-    return {"wall_s": res["wall_s"], "sweep_total_s": total, "ray_ready_s": ready, "trials_run": ran,
+    total, ready, computed = (float(match[k]) for k in ("total", "ready", "computed"))
+    return {"wall_s": res["wall_s"], "sweep_total_s": total, "ray_ready_s": ready, "trials_run": int(match["ran"]),
             "trials_compute_s": computed,
-            "orchestration_efficiency": computed / int(match.group(4)) / (total - ready),
+            "orchestration_efficiency": computed / int(match["workers"]) / (total - ready),
             "returncode": res["returncode"], "memory": res["memory"], "mlflow": runs,
             "output_tail": tail(res["output"], 3)}
 
