@@ -8,6 +8,7 @@ in the experiment are skipped, so the same command resumes an interrupted sweep 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import math
 import shlex
 import signal
@@ -43,6 +44,8 @@ DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
 RIVAL_CLOCK_MARGIN_MS = 600_000
 #: Before a trial starts, one search for rival runs serves all claims made within this many seconds.
 RIVAL_REFRESH_S = 2.0
+#: After Ctrl-C or a lost store, how long the sweep keeps trying to end its runs before leaving them as orphans.
+CLEANUP_RETRY_S = 10.0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -190,11 +193,16 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # `kill -USR1 <pid>` prints where every thread of the driver is: for a sweep that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return run(args)
     except UsageError as exc:
         print(f"python -m pipeline.sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # once trials run, the sweep's loop handles Ctrl-C itself (and says how to resume)
+        print("python -m pipeline.sweep: interrupted while starting; no trial had started.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def run(args: argparse.Namespace) -> int:
@@ -390,6 +398,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     }
     outcome = Outcome()
     active: dict = {}
+    stop = threading.Event()  # set by Ctrl-C or SIGTERM (see interrupt below)
     bar = tqdm(total=len(todo), unit="trial", desc="trials", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
     # Runs of other sweeps created since (just before) we planned: the only ones that can contest a claim.
@@ -426,7 +435,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
 
     def submit() -> None:
         """Fill every free slot: submit the task first (a worker never waits for MLflow), then claim."""
-        while todo and len(active) < workers:
+        while todo and len(active) < workers and not stop.is_set():
             config, key = todo.popleft()
             gen = train_trial.remote(config, data_ref, epochs_per_item())
             state = claim(config, key, gen)
@@ -496,15 +505,16 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             return "FAILED", f"only {len(state.epochs_logged)} of {state.config['epochs'] + 1} epochs arrived"
         return "FINISHED", None
 
-    # Ctrl-C and SIGTERM raise KeyboardInterrupt, and also set a flag the loop checks: a library call that happens
-    # to be running when the signal lands (Ray's wait polls for signals in C++) may swallow the exception.
-    stop = threading.Event()
-
     def interrupt(signum, frame):  # noqa: ARG001
+        """Ctrl-C and SIGTERM only set the flag; the loop acts on it between its steps, within about a second.
+
+        Raising KeyboardInterrupt from here would land inside whatever runs at that instant: half-way through an
+        MLflow write (a SQLite transaction left open holds the store's lock) or inside Ray's client.
+        """
         stop.set()
-        raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    tracker.stop = stop  # an MLflow call waiting to retry gives up at once
     try:
         while todo or active:
             if stop.is_set():
@@ -514,6 +524,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                 continue
             gens = list(active)
             ready, _ = ray.wait(gens, num_returns=1, timeout=1.0)
+            if stop.is_set():
+                raise KeyboardInterrupt
             if ready:  # take everything that is ready now, not one item per wake-up
                 ready, _ = ray.wait(gens, num_returns=len(gens), timeout=0)
             ended = []
@@ -533,7 +545,10 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         for gen in active:
             ray.cancel(gen, force=True)
         interrupted = isinstance(exc, KeyboardInterrupt)
-        ours = []
+        # Someone is waiting for the prompt: if the store is down, the runs are left to the next sweep (as orphans).
+        tracker.stop = None
+        tracker.retry_seconds = min(tracker.retry_seconds, CLEANUP_RETRY_S)
+        ours, ended = [], True
         try:
             # Ask the store rather than our own books: a claim may have been cut off half-way.
             ours = [r for r in tracker.trial_runs(exp_id) if r.sweep_id == sweep_id and r.status == "RUNNING"]
@@ -542,10 +557,13 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                                 "interrupted; rerun the sweep to finish this trial" if interrupted
                                 else f"tracking store unavailable: {exc}")
         except tracking.TrackingUnavailable:
-            pass
+            ended = False
         resume = "python -m pipeline.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if interrupted:
-            _say(f"\nInterrupted: {outcome.finished} trial(s) finished, {len(ours)} cancelled and ended KILLED. "
+            unfinished = (f"{len(ours)} cancelled and ended KILLED" if ended else
+                          f"the unfinished ones cancelled; MLflow at {uri} is unavailable, so their runs stay "
+                          "RUNNING until the next sweep ends them as orphans")
+            _say(f"\nInterrupted: {outcome.finished} trial(s) finished, {unfinished}. "
                  f"Resume with the same command: {resume}")
             return EXIT_INTERRUPTED
         _say(f"\nerror: MLflow at {uri} stayed unavailable for {args.tracking_retry:.0f}s ({exc}). "

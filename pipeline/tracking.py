@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class Tracker:
         self.retry_seconds = retry_seconds
         self.on_retry = on_retry
         self.retries = 0
+        #: Set by the sweep while Ctrl-C means "stop": a call waiting to retry then raises KeyboardInterrupt at once.
+        self.stop: threading.Event | None = None
 
     def call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn``; on a transient failure retry with exponential backoff until ``retry_seconds`` have passed."""
@@ -169,7 +172,10 @@ class Tracker:
                 self.retries += 1
                 if self.on_retry:
                     self.on_retry(f"MLflow {what} failed ({_one_line(exc)}); retrying in {delay:.1f}s")
-                time.sleep(delay)
+                if self.stop is None:
+                    time.sleep(delay)
+                elif self.stop.wait(delay):
+                    raise KeyboardInterrupt(f"interrupted while waiting to retry MLflow {what}") from exc
                 delay = min(delay * 2, 5.0)
 
     # experiments -------------------------------------------------------------------------------------------

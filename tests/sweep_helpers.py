@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -89,7 +90,14 @@ class SweepProcess:
         raise AssertionError(f"sweep did not start in {timeout}s:\n{self.output}")
 
     def wait(self, timeout: float = 600) -> int:
-        code = self.proc.wait(timeout)
+        """The exit code; if the sweep is still running after ``timeout``, fail with its output and stacks."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the sweep prints every thread's stack (faulthandler)
+            time.sleep(2)
+            raise AssertionError(f"sweep still running after {timeout}s; its output, then its stacks:\n"
+                                 f"{self.output}") from None
         self._reader.join(5)
         return code
 

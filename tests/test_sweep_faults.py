@@ -118,3 +118,28 @@ def test_ctrl_c_ends_unfinished_runs_killed_exits_130_and_rerun_finishes(fashion
     again = run_sweep(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     _assert_each_trial_finished_once_with_full_history(uri, "ctrl-c", 8, 40)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_ctrl_c_while_ray_starts_exits_130_in_one_line_records_nothing_and_leaves_no_ray_behind(
+        fashion_mnist_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = SweepProcess(*SLOW, "--seeds", "0", "--tracking-uri", uri, "--experiment", "ctrl-c-start", cwd=tmp_path)
+    try:
+        # Ray is starting once the driver has a child (its GCS server): seconds before the first trial could.
+        children = _wait_for(lambda: psutil.Process(sweep.proc.pid).children(recursive=True), 60, "Ray to start")
+        sweep.proc.send_signal(signal.SIGINT)
+        code = sweep.wait(60)
+    finally:
+        sweep.kill()
+    assert code == 130, sweep.output
+    assert "interrupted while starting; no trial had started" in sweep.output, sweep.output
+    assert "Traceback" not in sweep.output and "trials in the grid" not in sweep.output, sweep.output
+    assert trial_runs(uri, "ctrl-c-start") == []
+    _wait_for(lambda: not any(_alive(c) for c in children), 30, "Ray's processes to end with the driver")

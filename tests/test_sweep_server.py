@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import FASHION_DIR, SMALL, finished_counts, run_sweep, trial_runs
+from tests.sweep_helpers import FASHION_DIR, SMALL, SweepProcess, finished_counts, run_sweep, trial_runs
 from tests.topology import mlflow_server
 
 
@@ -51,3 +54,38 @@ def test_sixteen_trials_at_once_into_a_server_lose_and_duplicate_nothing(fashion
     client = MlflowClient(server.url)
     for run in trial_runs(server.url, "many"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [0, 1, 2, 3]
+
+
+def test_ctrl_c_while_the_server_is_down_stops_at_once_and_the_next_sweep_finishes_everything(
+        fashion_mnist_dir, tmp_path, server):
+    args = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
+            "--seeds", "0", "--epochs", "40", "--train-size", "1000", "--test-size", "200", "--flush-seconds", "0.2",
+            "--workers", "2", "--tracking-uri", server.url, "--experiment", "down", "--tracking-retry", "600"]
+    sweep = SweepProcess(*args, cwd=tmp_path)
+    try:
+        sweep.wait_started()
+        deadline = time.monotonic() + 120
+        while not any(r.info.status == "RUNNING" for r in trial_runs(server.url, "down")):
+            assert time.monotonic() < deadline and sweep.proc.poll() is None, sweep.output
+            time.sleep(0.1)
+        server.stop(kill=True)
+        while "retrying in" not in sweep.output:  # the sweep waits for the store: its retry budget is 600 s
+            assert time.monotonic() < deadline and sweep.proc.poll() is None, sweep.output
+            time.sleep(0.1)
+        sweep.proc.send_signal(signal.SIGINT)
+        code = sweep.wait(60)  # not the 600 s budget: Ctrl-C ends the wait, the cleanup gives up after seconds
+    finally:
+        sweep.kill()
+        if not server.running:
+            server.start()
+    assert code == 130, sweep.output
+    assert "their runs stay RUNNING until the next sweep ends them as orphans" in sweep.output, sweep.output
+    assert "Traceback" not in sweep.output, sweep.output
+    left = [r for r in trial_runs(server.url, "down") if r.info.status == "RUNNING"]
+    assert left
+
+    again = run_sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"Ended {len(left)} orphaned RUNNING run(s)" in again.stderr
+    counts = finished_counts(server.url, "down")
+    assert len(counts) == 4 and set(counts.values()) == {1}
