@@ -58,6 +58,25 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """``(stolen, total)`` CPU ticks of all CPUs since boot (``/proc/stat``; (0, 0) where there is none).
+
+    Stolen ticks are those the hypervisor gave to other guests while this machine wanted to run: on a shared
+    host they slow every measurement down, whatever runs here, so each section and grid run records its share.
+    """
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def steal_since(before: tuple[int, int]) -> float:
+    """The fraction of CPU time stolen by the hypervisor since ``before`` (a :func:`cpu_ticks` reading)."""
+    stolen, total = (now - then for now, then in zip(cpu_ticks(), before, strict=True))
+    return stolen / total if total > 0 else 0.0
+
+
 def machine_info() -> dict:
     """What the numbers were measured on."""
     import mlflow
@@ -200,6 +219,7 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                     continue
                 where = Path(tmp) / name
                 _say(f"[grid] rep {rep + 1}/{reps}: {name} ...")
+                ticks = cpu_ticks()
                 if name == "sweep":
                     run = bench_sweep.run_sweep(sweep_args, workers, where)
                     run.update(bench_sweep.efficiency(run, ideal))
@@ -207,7 +227,9 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                     kind, reuse, mlflow = PEERS[name]
                     run = bench_peers.run_peer(kind, sweep_args, where, workers=workers, reuse_actors=reuse,
                                                mlflow=mlflow)
-                _say(f"[grid]   {name}: {run['wall_s']:.1f} s wall")
+                run["host_steal"] = steal_since(ticks)
+                _say(f"[grid]   {name}: {run['wall_s']:.1f} s wall (host took {100 * run['host_steal']:.1f} % "
+                     "of the CPU time)")
                 rep_result[name] = run
             rep_result["ray_fixed"] = bench_sweep.run_ray_fixed(workers, Path(tmp) / "ray_fixed")
             _say(f"[grid]   bare Ray start, one task per worker, shutdown: {rep_result['ray_fixed']['wall_s']:.1f} s")
@@ -416,6 +438,10 @@ def table(results: dict) -> str:
                      f"driver peak {sw['driver_maxrss_mb']:.0f} MB, Ray worker peak "
                      f"{sw['sampled_rss']['worker_mb']:.0f} MB, ray.put x{sw['ray_put_calls']} "
                      f"({sum(sw['ray_put_mb']):.1f} MB), object store at end {sw['object_store_at_end']}")
+    steal = {k: v["host_steal"] for k, v in results.get("load", {}).items() if "host_steal" in v}
+    if steal:
+        lines.append("CPU time the host gave to other guests meanwhile (slows everything here): "
+                     + ", ".join(f"{k} {100 * v:.1f} %" for k, v in steal.items()))
     for section, message in results.get("errors", {}).items():
         lines.append(f"Section {section} FAILED: {message[:300]}")
     rows = results.get("targets", [])
@@ -515,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         _say(f"== {section} (load {load_avg()})")
         before = load_avg()
+        ticks = cpu_ticks()
         t0 = time.perf_counter()
         try:
             if section == "trial":
@@ -532,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("errors", {})[section] = message[:2000]
             _say(f"[{section}] FAILED: {message[:500]}")
         results["section_seconds"][section] = time.perf_counter() - t0
-        results["load"][section] = {"before": before, "after": load_avg()}
+        results["load"][section] = {"before": before, "after": load_avg(), "host_steal": steal_since(ticks)}
         if json_path:  # after every section: a later failure does not lose what was measured
             _write_json(json_path, results)
     results["targets"] = targets(results)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 
 import pytest
 
@@ -13,6 +15,16 @@ from benchmarks import flops, run_all
 TINY = ["--weight-scales", "0.1,0.01", "--grid-seeds", "1", "--epochs", "2", "--train-size", "200",
         "--test-size", "100", "--reps", "1", "--tune-reps", "1", "--trial-reps", "1", "--analysis-runs", "20",
         "--peers", "pool,tune_reuse_mlflow"]
+
+
+def test_cpu_ticks_count_the_time_spent_here_and_the_stolen_share_is_part_of_it():
+    before = run_all.cpu_ticks()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # busy: at least 0.3 s of CPU ticks pass on some CPU
+        pass
+    stolen, total = (now - then for now, then in zip(run_all.cpu_ticks(), before, strict=True))
+    assert total >= 0.25 * os.sysconf("SC_CLK_TCK") and 0 <= stolen <= total
+    assert 0 <= run_all.steal_since(before) <= 1
 
 
 def test_flop_count_of_the_default_trial():
@@ -73,6 +85,9 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert set(result) >= {"machine", "settings", "load", "trial", "logging", "analysis", "memory", "grid",
                            "targets", "ratios", "total_seconds"}
     assert result["settings"]["grid_trials"] == 4
+    assert set(result["load"]) == set(run_all.SECTIONS)
+    assert all(0 <= v["host_steal"] < 1 for v in result["load"].values())
+    assert "CPU time the host gave to other guests" in table
 
     # every ratio is a positive finite number, and each one the README names is there
     assert result["ratios"] and all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
@@ -95,6 +110,7 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert rep["sweep"]["ray_ready_s"] < rep["sweep"]["sweep_total_s"] < rep["sweep"]["wall_s"]
     assert rep["tune_reuse_mlflow"]["trials"] == 4 and rep["tune_reuse_mlflow"]["errors"] == 0
     assert rep["pool"]["trials"] == 4
+    assert all(0 <= rep[name]["host_steal"] < 1 for name in ("sweep", "pool", "tune_reuse_mlflow"))
     assert len(grid["compute_times_s"]) == len(grid["compute_cpu_times_s"]) == 4
     assert grid["summary"]["sweep_cpu_s"]["workers"] > 0 and grid["summary"]["sweep_cpu_s"]["driver"] > 0
     fixed = rep["ray_fixed"]
