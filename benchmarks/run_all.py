@@ -196,23 +196,29 @@ def section_memory(sweep_args: list[str], workers: int) -> dict:
 
 
 def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int, peers: list[str]) -> dict:
-    """The sweep against the ideal and against its peers; every repetition runs all of them back to back."""
+    """The sweep against the ideal and against its peers; every repetition runs all of them back to back.
+
+    Each repetition first computes the grid's trials one at a time in this process (its ideal), then runs the
+    sweep and the peers: this machine's speed drifts by tens of percent over minutes (CPU time moves with the wall
+    time, so it is not time stolen by the host), and an ideal measured once, minutes before a run, can be far off.
+    """
     from benchmarks import bench_peers, bench_sweep
 
     ns, base, grid = bench_sweep.sweep_grid(sweep_args)
     data = bench_sweep.sweep_data(ns, base)
-    _say(f"[grid] computing the {len(grid)} trials in this process (single-threaded BLAS) ...")
-    load_before = load_avg()
-    compute, compute_cpu = bench_sweep.compute_times(grid, data)
-    ideal = sum(compute) / workers
-    load_after_compute = load_avg()
-    _say(f"[grid] compute {sum(compute):.1f} s (CPU {sum(compute_cpu):.1f} s) -> ideal {ideal:.1f} s with "
-         f"{workers} workers")
     names = ["sweep", *peers]
     repetitions = []
     for rep in range(reps):
         order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: drift in load spreads over all
         rep_result: dict = {"order": order, "load_before": load_avg()}
+        _say(f"[grid] rep {rep + 1}/{reps}: computing the {len(grid)} trials one at a time (single-threaded BLAS) ...")
+        ticks = cpu_ticks()
+        compute, compute_cpu = bench_sweep.compute_times(grid, data)
+        ideal = sum(compute) / workers
+        rep_result["compute"] = {"times_s": compute, "cpu_times_s": compute_cpu, "sum_s": sum(compute),
+                                 "cpu_sum_s": sum(compute_cpu), "ideal_s": ideal, "host_steal": steal_since(ticks)}
+        _say(f"[grid]   compute {sum(compute):.1f} s (CPU {sum(compute_cpu):.1f} s) -> ideal {ideal:.1f} s with "
+             f"{workers} workers")
         with tempfile.TemporaryDirectory(prefix="bns-bench-grid-") as tmp:
             for name in order:
                 if name.startswith("tune") and rep >= tune_reps:
@@ -223,10 +229,16 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                 if name == "sweep":
                     run = bench_sweep.run_sweep(sweep_args, workers, where)
                     run.update(bench_sweep.efficiency(run, ideal))
+                    run["efficiency_vs_cpu_ideal"] = sum(compute_cpu) / workers / run["wall_s"]
+                    # What the trials cost beside each other: their compute summed inside the sweep's tasks
+                    # against the same trials computed one at a time in this process.
+                    run["slowdown_vs_alone"] = run["trials_compute_s"] / sum(compute)
                 else:
                     kind, reuse, mlflow = PEERS[name]
                     run = bench_peers.run_peer(kind, sweep_args, where, workers=workers, reuse_actors=reuse,
                                                mlflow=mlflow)
+                    if kind == "pool":
+                        run["slowdown_vs_alone"] = run["compute_sum_s"] / sum(compute)
                 run["host_steal"] = steal_since(ticks)
                 _say(f"[grid]   {name}: {run['wall_s']:.1f} s wall (host took {100 * run['host_steal']:.1f} % "
                      "of the CPU time)")
@@ -237,15 +249,27 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         sweep_wall = rep_result["sweep"]["wall_s"]
         rep_result["ratios"] = {f"{p}_over_sweep": rep_result[p]["wall_s"] / sweep_wall for p in peers
                                 if p in rep_result}
+        # The best efficiency a sweep could reach if everything but Ray's own start and stop were free.
+        rep_result["efficiency_bound_ray_fixed"] = ideal / (ideal + rep_result["ray_fixed"]["wall_s"])
+        if "pool" in rep_result:
+            # ... and if its trials ran beside each other as well as the pool's do (which includes interpreter
+            # start-up and data loading) and it added nothing but Ray's own start and stop.
+            rep_result["efficiency_bound_pool_and_ray"] = ideal / (rep_result["pool"]["wall_s"]
+                                                                   + rep_result["ray_fixed"]["wall_s"])
         repetitions.append(rep_result)
 
     sweeps = [r["sweep"] for r in repetitions]
+    computes = [r["compute"] for r in repetitions]
     ratio_names = sorted({k for r in repetitions for k in r["ratios"]})
     summary = {
         "trials": len(grid), "workers": workers, "reps": reps, "tune_reps": min(tune_reps, reps),
-        "compute_sum_s": sum(compute), "compute_median_s": statistics.median(compute), "ideal_s": ideal,
-        "compute_cpu_sum_s": sum(compute_cpu), "ideal_cpu_s": sum(compute_cpu) / workers,
-        "efficiency_vs_cpu_ideal": _median(sum(compute_cpu) / workers / s["wall_s"] for s in sweeps),
+        "compute_sum_s": _median(c["sum_s"] for c in computes),
+        "compute_sum_range_s": [min(c["sum_s"] for c in computes), max(c["sum_s"] for c in computes)],
+        "compute_median_s": _median(statistics.median(c["times_s"]) for c in computes),
+        "ideal_s": _median(c["ideal_s"] for c in computes),
+        "compute_cpu_sum_s": _median(c["cpu_sum_s"] for c in computes),
+        "ideal_cpu_s": _median(c["cpu_sum_s"] / workers for c in computes),
+        "efficiency_vs_cpu_ideal": _median(s["efficiency_vs_cpu_ideal"] for s in sweeps),
         "sweep_wall_median_s": _median(s["wall_s"] for s in sweeps),
         "sweep_total_median_s": _median(s["sweep_total_s"] for s in sweeps),
         "ray_ready_median_s": _median(s["ray_ready_s"] for s in sweeps),
@@ -259,24 +283,21 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         "ray_fixed_median_s": _median(r["ray_fixed"]["wall_s"] for r in repetitions),
         "ray_fixed_phases_median_s": {k: _median(r["ray_fixed"][k] for r in repetitions)
                                       for k in ("import_s", "init_s", "first_tasks_s", "shutdown_s")},
+        "efficiency_bound_ray_fixed": _median(r["efficiency_bound_ray_fixed"] for r in repetitions),
+        "sweep_trials_compute_median_s": _median(s["trials_compute_s"] for s in sweeps),
+        "orchestration_efficiency": _median(s["orchestration_efficiency"] for s in sweeps),
+        "slowdown_in_sweep": _median(s["slowdown_vs_alone"] for s in sweeps),
     }
-    # The best efficiency a sweep could reach if everything but Ray's own start and stop were free.
-    summary["efficiency_bound_ray_fixed"] = ideal / (ideal + summary["ray_fixed_median_s"])
-    # What the trials cost beside each other: their compute summed inside the sweep's tasks (and inside the
-    # pool's workers) against the same trials computed one at a time in this process.
-    summary["sweep_trials_compute_median_s"] = _median(s["trials_compute_s"] for s in sweeps)
-    summary["orchestration_efficiency"] = _median(s["orchestration_efficiency"] for s in sweeps)
-    summary["slowdown_in_sweep"] = summary["sweep_trials_compute_median_s"] / sum(compute)
     pools = [r["pool"] for r in repetitions if "pool" in r]
     if pools:
-        summary["slowdown_in_pool"] = _median(p["compute_sum_s"] for p in pools) / sum(compute)
-        # The best a sweep could do if its trials ran beside each other as well as the pool's do (which includes
-        # interpreter start-up and data loading) and it added nothing but Ray's own start and stop.
-        summary["efficiency_bound_pool_and_ray"] = ideal / (summary["peer_wall_median_s"]["pool"]
-                                                            + summary["ray_fixed_median_s"])
-    return {"summary": summary, "compute_times_s": compute, "compute_cpu_times_s": compute_cpu,
-            "load_before_compute": load_before, "load_after_compute": load_after_compute,
-            "repetitions": repetitions}
+        summary["slowdown_in_pool"] = _median(p["slowdown_vs_alone"] for p in pools)
+        summary["efficiency_bound_pool_and_ray"] = _median(r["efficiency_bound_pool_and_ray"] for r in repetitions
+                                                           if "efficiency_bound_pool_and_ray" in r)
+    # per trial, the median over the repetitions of its time alone
+    per_trial = list(zip(*(c["times_s"] for c in computes), strict=True))
+    per_trial_cpu = list(zip(*(c["cpu_times_s"] for c in computes), strict=True))
+    return {"summary": summary, "compute_times_s": [statistics.median(t) for t in per_trial],
+            "compute_cpu_times_s": [statistics.median(t) for t in per_trial_cpu], "repetitions": repetitions}
 
 
 # ------------------------------------------------------------------------------------------------ targets
@@ -384,7 +405,9 @@ def table(results: dict) -> str:
     if grid:
         s = grid["summary"]
         lines.append(f"Grid of {s['trials']} trials, {s['workers']} workers ({s['reps']} reps; Tune {s['tune_reps']}):")
-        lines.append(f"  compute in one process {s['compute_sum_s']:.1f} s (CPU {s.get('compute_cpu_sum_s', 0):.1f} s)"
+        lo, hi = s["compute_sum_range_s"]
+        lines.append(f"  compute in one process {s['compute_sum_s']:.1f} s (CPU {s.get('compute_cpu_sum_s', 0):.1f} s;"
+                     f" {lo:.1f}-{hi:.1f} s over the repetitions, each measured right before its runs)"
                      f" -> ideal {s['ideal_s']:.1f} s")
         lines.append(f"  pipeline.sweep: wall {s['sweep_wall_median_s']:.1f} s (its own total "
                      f"{s['sweep_total_median_s']:.1f} s, Ray and data ready after {s['ray_ready_median_s']:.1f} s)"

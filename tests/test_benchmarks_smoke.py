@@ -112,6 +112,10 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert rep["pool"]["trials"] == 4
     assert all(0 <= rep[name]["host_steal"] < 1 for name in ("sweep", "pool", "tune_reuse_mlflow"))
     assert len(grid["compute_times_s"]) == len(grid["compute_cpu_times_s"]) == 4
+    compute = rep["compute"]  # each repetition measures its own ideal, right before its runs
+    assert len(compute["times_s"]) == 4 and compute["ideal_s"] == pytest.approx(sum(compute["times_s"]) / 2)
+    assert rep["sweep"]["efficiency"] == pytest.approx(compute["ideal_s"] / rep["sweep"]["wall_s"])
+    assert rep["sweep"]["slowdown_vs_alone"] == pytest.approx(rep["sweep"]["trials_compute_s"] / compute["sum_s"])
     assert grid["summary"]["sweep_cpu_s"]["workers"] > 0 and grid["summary"]["sweep_cpu_s"]["driver"] > 0
     fixed = rep["ray_fixed"]
     assert 0 < fixed["init_s"] < fixed["wall_s"] and fixed["shutdown_s"] > 0 and fixed["first_tasks_s"] > 0
