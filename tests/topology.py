@@ -77,11 +77,22 @@ class TopologyError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ processes
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free right now and that this process has not handed out before.
+
+    A command such as ``ray start`` gets several ports chosen before any is bound, and the kernel may offer the
+    same free port twice in a row (Ray then refuses to start: "port ... used by other components").
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def _new_topology_id() -> str:
