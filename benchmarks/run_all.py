@@ -214,10 +214,11 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         _say(f"[grid] rep {rep + 1}/{reps}: computing the {len(grid)} trials one at a time (single-threaded BLAS) ...")
         ticks = cpu_ticks()
         compute, compute_cpu = bench_sweep.compute_times(grid, data)
-        ideal = sum(compute) / workers
-        rep_result["compute"] = {"times_s": compute, "cpu_times_s": compute_cpu, "sum_s": sum(compute),
-                                 "cpu_sum_s": sum(compute_cpu), "ideal_s": ideal, "host_steal": steal_since(ticks)}
-        _say(f"[grid]   compute {sum(compute):.1f} s (CPU {sum(compute_cpu):.1f} s) -> ideal {ideal:.1f} s with "
+        compute_sum, compute_cpu_sum = sum(compute), sum(compute_cpu)
+        ideal = compute_sum / workers
+        rep_result["compute"] = {"times_s": compute, "cpu_times_s": compute_cpu, "sum_s": compute_sum,
+                                 "cpu_sum_s": compute_cpu_sum, "ideal_s": ideal, "host_steal": steal_since(ticks)}
+        _say(f"[grid]   compute {compute_sum:.1f} s (CPU {compute_cpu_sum:.1f} s) -> ideal {ideal:.1f} s with "
              f"{workers} workers")
         with tempfile.TemporaryDirectory(prefix="bns-bench-grid-") as tmp:
             for name in order:
@@ -229,16 +230,16 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                 if name == "sweep":
                     run = bench_sweep.run_sweep(sweep_args, workers, where)
                     run.update(bench_sweep.efficiency(run, ideal))
-                    run["efficiency_vs_cpu_ideal"] = sum(compute_cpu) / workers / run["wall_s"]
+                    run["efficiency_vs_cpu_ideal"] = compute_cpu_sum / workers / run["wall_s"]
                     # What the trials cost beside each other: their compute summed inside the sweep's tasks
                     # against the same trials computed one at a time in this process.
-                    run["slowdown_vs_alone"] = run["trials_compute_s"] / sum(compute)
+                    run["slowdown_vs_alone"] = run["trials_compute_s"] / compute_sum
                 else:
                     kind, reuse, mlflow = PEERS[name]
                     run = bench_peers.run_peer(kind, sweep_args, where, workers=workers, reuse_actors=reuse,
                                                mlflow=mlflow)
                     if kind == "pool":
-                        run["slowdown_vs_alone"] = run["compute_sum_s"] / sum(compute)
+                        run["slowdown_vs_alone"] = run["compute_sum_s"] / compute_sum
                 run["host_steal"] = steal_since(ticks)
                 _say(f"[grid]   {name}: {run['wall_s']:.1f} s wall (host took {100 * run['host_steal']:.1f} % "
                      "of the CPU time)")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from mlflow.tracking import MlflowClient
 
 from model.trial import DEFAULT_CONFIG
 from pipeline.trials import params_of, run_name, trial_key
+from tests.topology import free_port
 
 METRICS = ("train_acc", "test_acc", "train_loss")
 #: The 16 weight scales of the book's Figure 6-19: ``np.logspace(0, -4, num=16)``.
@@ -200,13 +200,6 @@ def log_grid(
                 start += 1000
                 logged.append(LoggedTrial(cfg, run_id, hist))
     return logged
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_mlflow_server(store_uri: str, root: Path | str, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from tests.sweep_helpers import FASHION_DIR, run_sweep
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from tests.topology import free_port
 
 SMALL = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1",
          "--seeds", "0", "--epochs", "1", "--train-size", "100", "--test-size", "100"]
@@ -38,7 +30,7 @@ CASES = [
 
 @pytest.mark.parametrize(("bad", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(fashion_mnist_dir, tmp_path, bad, message):
-    port = _free_port()
+    port = free_port()
     bad = [a.format(port=port) for a in bad]
     message = message.format(port=port)
     args = list(SMALL)
