@@ -46,6 +46,8 @@ RIVAL_CLOCK_MARGIN_MS = 600_000
 RIVAL_REFRESH_S = 2.0
 #: After Ctrl-C or a lost store, how long the sweep keeps trying to end its runs before leaving them as orphans.
 CLEANUP_RETRY_S = 10.0
+#: After Ctrl-C while Ray starts, how long the driver waits for the preparer thread (it stops at its next step).
+PREPARER_JOIN_S = 10.0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -229,19 +231,41 @@ def run(args: argparse.Namespace) -> int:
              f"{args.experiment!r}. See them: {store.mlflow_ui_command(uri, None)}")
         return 0
 
+    # From here on Ctrl-C (and SIGTERM) only set `stop`, and the driver acts on it at its next step. Raised at
+    # once, KeyboardInterrupt could land inside Python's import machinery while Ray imports a module, and leave
+    # the import lock held, so the preparer's import of MLflow would wait forever.
+    stop = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C while Ray starts: stop waiting for it
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     # Load the data and plan against MLflow while Ray starts: each takes seconds and neither needs the other.
     prepared: dict = {}
-    preparer = threading.Thread(target=_prepare, args=(args, uri, base, grid, keys, prepared), daemon=True)
+    preparer = threading.Thread(target=_prepare, args=(args, uri, base, grid, keys, prepared, stop), daemon=True)
     preparer.start()
     try:
-        cpus = cluster.connect(args.address, args.workers)
-        preparer.join()
+        cpus = cluster.connect(args.address, args.workers)  # a Ctrl-C meanwhile is acted on once it returns
+        while preparer.is_alive() and not stop.is_set():
+            preparer.join(0.1)
+        if stop.is_set():
+            raise KeyboardInterrupt
         if "error" in prepared:
             raise prepared["error"]
         ray_seconds = time.perf_counter() - started
-        return _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds)
+        return _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds, stop)
+    except KeyboardInterrupt:
+        # Before the first trial: the preparer writes nothing more to MLflow, and ends before the interpreter
+        # does (a thread still importing MLflow while Python shuts down fails with a traceback).
+        stop.set()
+        preparer.join(PREPARER_JOIN_S)
+        raise
     finally:
         cluster.disconnect()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
@@ -324,19 +348,27 @@ class Plan:
     running_elsewhere: int
 
 
-def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out: dict) -> None:
+def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out: dict,
+             cancelled: threading.Event) -> None:
     """Load the data, then plan against MLflow: skip what is FINISHED, end orphans, leave live runs alone.
 
     Runs in a thread beside Ray's start-up; the data comes first so that bad data writes nothing to MLflow.
+    Once ``cancelled`` is set (Ctrl-C while Ray starts) it writes nothing more and ends: its error, if any,
+    goes to ``out["error"]``, never to the terminal.
     """
-    from tqdm import tqdm
-
-    from pipeline import tracking
-
     try:
+        from tqdm import tqdm
+
+        from pipeline import tracking
+
         data, checksum = trial_data(args, base)
+        if cancelled.is_set():
+            return
         tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry,
                                    on_retry=lambda m: tqdm.write(m, file=sys.stderr))
+        tracker.stop = cancelled  # a retry wait ends at once on Ctrl-C
+        if cancelled.is_set():
+            return
         exp_id = tracker.ensure_experiment(args.experiment)
         sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         planned_ms = int(time.time() * 1000)
@@ -344,6 +376,8 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
         finished, diverged = _settled(existing, args.retry_diverged)
         orphans = [r for r in existing if tracking.is_orphan(r, args.orphan_timeout)]
         for r in orphans:
+            if cancelled.is_set():
+                return
             reason = f"orphaned: its sweep's driver ({r.driver}) is gone; rerun by sweep {sweep_id}"
             tracker.end_run(r.run_id, "FAILED", reason)
         orphan_ids = {r.run_id for r in orphans}
@@ -358,12 +392,15 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
             skipped_diverged=len(set(keys) & diverged),
             orphans=len(orphans), running_elsewhere=len(set(keys) & running_elsewhere),
         )
-    except Exception as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
         out["error"] = exc
 
 
-def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: float) -> int:  # noqa: C901
-    """Run the planned trials, at most ``--workers`` at once, streaming their epochs into MLflow."""
+def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: float,  # noqa: C901
+           stop: threading.Event) -> int:
+    """Run the planned trials, at most ``--workers`` at once, streaming their epochs into MLflow.
+
+    ``stop`` is set by Ctrl-C or SIGTERM (from before Ray started); the loop checks it between its steps."""
     import ray
     from tqdm import tqdm
 
@@ -398,7 +435,6 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     }
     outcome = Outcome()
     active: dict = {}
-    stop = threading.Event()  # set by Ctrl-C or SIGTERM (see interrupt below)
     bar = tqdm(total=len(todo), unit="trial", desc="trials", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
     # Runs of other sweeps created since (just before) we planned: the only ones that can contest a claim.

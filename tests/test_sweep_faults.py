@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import psutil
@@ -118,6 +119,29 @@ def test_ctrl_c_ends_unfinished_runs_killed_exits_130_and_rerun_finishes(fashion
     again = run_sweep(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     _assert_each_trial_finished_once_with_full_history(uri, "ctrl-c", 8, 40)
+
+
+def test_a_cancelled_preparer_writes_nothing_to_mlflow(fashion_mnist_dir, tmp_path, capsys):
+    """The thread that plans against MLflow while Ray starts stops at its next step after Ctrl-C."""
+    from pipeline.sweep import _prepare, build_parser, trial_base
+    from pipeline.trials import make_grid, parse_batchnorm, parse_seeds, parse_weight_scales, trial_key
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = build_parser().parse_args([*SLOW, "--seeds", "0", "--tracking-uri", uri, "--experiment", "prepared"])
+    base = trial_base(args)
+    grid = make_grid(base, parse_weight_scales(args.weight_scales), parse_batchnorm(args.batchnorm),
+                     parse_seeds(args.seeds))
+    keys = [trial_key(c) for c in grid]
+
+    cancelled, out = threading.Event(), {}
+    cancelled.set()
+    _prepare(args, uri, base, grid, keys, out, cancelled)
+    assert out == {}
+    assert capsys.readouterr().err == "" and not (tmp_path / "mlflow.db").exists()
+
+    _prepare(args, uri, base, grid, keys, out, threading.Event())  # the same, not cancelled
+    assert "error" not in out and len(out["plan"].todo) == len(grid) == 4
+    assert MlflowClient(uri).get_experiment_by_name("prepared").experiment_id == out["plan"].exp_id
 
 
 def _alive(proc: psutil.Process) -> bool:
