@@ -122,7 +122,7 @@ def section_trial(reps: int) -> dict:
     """Median time of one default trial per variant, and its fraction of the matrix-product limit."""
     from threadpoolctl import threadpool_limits
 
-    from benchmarks import bench_trial, flops
+    from benchmarks import bench_trial, flops, trial_profile
 
     data, source = bench_trial.load_data(None)
     config = bench_trial.BASE_CONFIG
@@ -137,6 +137,10 @@ def section_trial(reps: int) -> dict:
                 times[dtype, bn].append(bench_trial.time_trial({**config, "dtype": dtype, "use_batchnorm": bn}, data))
             for dtype in rate_samples:
                 rate_samples[dtype].append(flops.measure_rates(products, dtype, samples=3))
+        # where the time beyond the products goes: one profiled trial per variant, numpy's cost per call
+        profiles = {v: trial_profile.profile_trial({**config, "dtype": v[0], "use_batchnorm": v[1]}, data)
+                    for v in bench_trial.VARIANTS}
+        call_costs = {dtype: trial_profile.numpy_call_costs(dtype) for dtype in rate_samples}
     limits = {}
     for dtype, samples in rate_samples.items():
         rates = {key: {"median_s": statistics.median(s[key]["median_s"] for s in samples),
@@ -151,10 +155,11 @@ def section_trial(reps: int) -> dict:
         variants.append({"dtype": dtype, "use_batchnorm": bn, "median_s": median, "min_s": min(wall),
                          "median_cpu_s": statistics.median(cpu), "times_s": wall,
                          "limit_s": limits[dtype]["limit_s"], "fraction_of_limit": limits[dtype]["limit_s"] / median,
-                         "achieved_gflops_per_s": limits[dtype]["gflops"] / median})
+                         "achieved_gflops_per_s": limits[dtype]["gflops"] / median,
+                         "profile": profiles[dtype, bn]})
     return {"data": source, "reps": reps, "config": config, "gflop": flops.total_flops(products) / 1e9,
             "gflop_with_input_dx": flops.total_flops(flops.trial_products(config, input_dx=True)) / 1e9,
-            "limits": limits, "variants": variants}
+            "limits": limits, "variants": variants, "numpy_call_costs": call_costs}
 
 
 def default_trial_seconds(results: dict) -> float | None:
@@ -402,6 +407,17 @@ def table(results: dict) -> str:
             lines.append(f"  matmul rate on the trial's shapes, {dtype}, 1 thread: {lim['gflops_per_s']:.1f} GFLOP/s "
                          "(" + ", ".join(f"{p['kind']} {p['m']}x{p['k']}x{p['n']} {p['gflops_per_s']:.0f}"
                                          for p in lim["products"]) + ")")
+        if "numpy_call_costs" in trial:
+            lines.append("  one profiled trial each, seconds by layer kind (in training; evaluation: every inference "
+                         "pass):")
+            for v in trial["variants"]:
+                arm = "batchnorm" if v["use_batchnorm"] else "plain"
+                lines.append(f"    {v['dtype']:8} {arm:10} {v['profile']['instrumented_s']:.3f} s = "
+                             + ", ".join(f"{k} {t:.3f}" for k, t in v["profile"]["seconds"].items() if t >= 0.0005))
+            for dtype, c in trial["numpy_call_costs"].items():
+                lines.append(f"  numpy per call, {dtype}: (100, 100) elementwise {c['elementwise_us']:.1f} us, with a "
+                             f"row-broadcast vector {c['row_broadcast_us']:.1f} us; on 100-vectors "
+                             f"{c['vector_us']:.1f} us")
     grid = results.get("grid")
     if grid:
         s = grid["summary"]

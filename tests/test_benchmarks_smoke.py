@@ -27,6 +27,28 @@ def test_cpu_ticks_count_the_time_spent_here_and_the_stolen_share_is_part_of_it(
     assert 0 <= run_all.steal_since(before) <= 1
 
 
+def test_trial_profile_splits_a_trial_by_layer_kind_and_leaves_the_model_as_it_was():
+    import numpy as np
+
+    from benchmarks import trial_profile
+    from model.layers import Affine, BatchNormalization
+
+    originals = (Affine.forward, BatchNormalization.backward)
+    rng = np.random.default_rng(0)
+    data = ((rng.random((200, 784)), rng.integers(0, 10, 200)), (rng.random((100, 784)), rng.integers(0, 10, 100)))
+    config = {"weight_scale": 0.01, "seed": 0, "epochs": 2, "train_size": 200, "test_size": 100}
+    for bn in (False, True):
+        profile = trial_profile.profile_trial({**config, "use_batchnorm": bn}, data)
+        seconds = profile["seconds"]
+        assert list(seconds) == ["affine", "batchnorm", "relu", "softmax_loss", "sgd_update", "evaluation", "other"]
+        assert (seconds["batchnorm"] > 0) == bn
+        assert all(seconds[k] > 0 for k in ("affine", "relu", "softmax_loss", "sgd_update", "evaluation", "other"))
+        assert sum(seconds.values()) == pytest.approx(profile["instrumented_s"])
+    assert (Affine.forward, BatchNormalization.backward) == originals
+    costs = trial_profile.numpy_call_costs("float32", number=50)
+    assert set(costs) == {"elementwise_us", "row_broadcast_us", "vector_us"} and min(costs.values()) > 0
+
+
 def test_flop_count_of_the_default_trial():
     """784-100x5-10, batch 100, 1000 samples, 20 epochs: counted by hand, product by product."""
     config = {"epochs": 20, "batch_size": 100, "train_size": 1000, "test_size": 1000, "hidden_size_list": [100] * 5}
@@ -102,6 +124,9 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
         ("float64", False), ("float64", True), ("float32", False), ("float32", True)]
     assert trial["gflop"] == pytest.approx(21.2216)
     assert {row["kind"] for row in trial["limits"]["float64"]["products"]} == set(flops.KINDS)
+    for v in trial["variants"]:
+        assert (v["profile"]["seconds"]["batchnorm"] > 0) == v["use_batchnorm"]
+    assert set(trial["numpy_call_costs"]) == {"float64", "float32"}
 
     grid = result["grid"]
     rep = grid["repetitions"][0]
