@@ -6,6 +6,7 @@ import os
 import signal
 
 import numpy as np
+import psutil
 import pytest
 import ray
 from threadpoolctl import threadpool_limits
@@ -35,6 +36,29 @@ def local_ray():
     cluster.connect(None, 2)
     yield
     cluster.disconnect()
+
+
+def _ray_daemons() -> list[str]:
+    """The command lines of the Ray processes this (driver) process started."""
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            out.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    return out
+
+
+def test_the_local_ray_runs_without_the_autoscaler_monitor_and_the_log_monitor(local_ray):
+    daemons = _ray_daemons()
+    # the instance is really up (GCS, raylet, its workers), and it has neither monitor
+    assert any("gcs_server" in d for d in daemons) and any("raylet" in d for d in daemons), daemons
+    assert not any("autoscaler/_private/monitor.py" in d or "log_monitor.py" in d for d in daemons), daemons
+    assert ray.get(ray.remote(num_cpus=1)(lambda: os.getpid()).remote()) != os.getpid()  # and runs a task
+    # the switch is scoped to the start of our instance: Ray's parameters are as Ray made them afterwards
+    from ray._private.parameter import RayParams
+
+    assert RayParams(no_monitor=False).no_monitor is False and RayParams().include_log_monitor is None
 
 
 def _in_process(config: dict, data: tuple) -> list[dict]:
