@@ -39,20 +39,24 @@ def local_ray():
 
 
 def _ray_daemons() -> list[str]:
-    """The command lines of the Ray processes this (driver) process started."""
+    """The command lines of the processes of this driver's Ray session (its session folder is in each)."""
+    session = os.path.basename(ray._private.worker._global_node.get_session_dir_path())
     out = []
-    for proc in psutil.Process().children(recursive=True):
+    for proc in psutil.process_iter():
         try:
-            out.append(" ".join(proc.cmdline()))
+            cmdline = " ".join(proc.cmdline())
         except psutil.Error:
             continue
+        if session in cmdline:
+            out.append(cmdline)
     return out
 
 
 def test_the_local_ray_runs_without_the_autoscaler_monitor_and_the_log_monitor(local_ray):
     daemons = _ray_daemons()
-    # the instance is really up (GCS, raylet, its workers), and it has neither monitor
-    assert any("gcs_server" in d for d in daemons) and any("raylet" in d for d in daemons), daemons
+    # the instance is really up (GCS, raylet, dashboard), and it has neither monitor
+    for daemon in ("gcs_server", "raylet", "dashboard.py"):
+        assert any(daemon in d for d in daemons), (daemon, daemons)
     assert not any("autoscaler/_private/monitor.py" in d or "log_monitor.py" in d for d in daemons), daemons
     assert ray.get(ray.remote(num_cpus=1)(lambda: os.getpid()).remote()) != os.getpid()  # and runs a task
     # the switch is scoped to the start of our instance: Ray's parameters are as Ray made them afterwards
