@@ -20,6 +20,9 @@ from tests.topology import free_port, full_topology
 GRID = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
         "--seeds", "0-1", "--train-size", "1000", "--test-size", "200", "--workers", "2"]
 SHORT = [*GRID, "--epochs", "3"]
+#: Trials as long as a default one (about 0.6 s each), so that both nodes get some. Each sweep is a new Ray job and
+#: needs new workers on both nodes; with 0.1 s trials the head's worker could run all 8 before node 2's had started.
+SPREAD = [*GRID, "--epochs", "20"]
 #: Trials that last a couple of seconds, to be caught in the middle.
 LONG = [*GRID, "--epochs", "40", "--flush-seconds", "0.2"]
 
@@ -50,9 +53,9 @@ def _assert_once_with_history(uri: str, experiment: str, n: int, epochs: int) ->
 
 def test_sweep_and_analysis_on_the_cluster_and_server(topo, tmp_path):
     started = time.monotonic()
-    out = run_sweep(*_sweep_args(topo, "topology", SHORT), cwd=tmp_path, env=topo.ray.subprocess_env())
+    out = run_sweep(*_sweep_args(topo, "topology", SPREAD), cwd=tmp_path, env=topo.ray.subprocess_env())
     assert out.returncode == 0, out.stderr
-    runs = _assert_once_with_history(topo.mlflow.url, "topology", 8, 3)
+    runs = _assert_once_with_history(topo.mlflow.url, "topology", 8, 20)
     node_ids = {n["node_id"] for n in topo.ray.alive_nodes()}
     assert len(node_ids) == 2
     assert {r.data.tags["ray_node"] for r in runs} == node_ids, "trials must land on both nodes"
