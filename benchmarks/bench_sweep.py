@@ -77,13 +77,10 @@ def grid_args(seeds: int, *, weight_scales: str | None = None, epochs: int | Non
 
 def sweep_grid(args: list[str]) -> tuple[argparse.Namespace, dict, list[dict]]:
     """``(parsed sweep args, trial base, trial configs)`` exactly as ``python -m pipeline.sweep ARGS`` plans."""
-    from pipeline.sweep import build_parser, trial_base
-    from pipeline.trials import DEFAULT_WEIGHT_SCALES, make_grid, parse_batchnorm, parse_seeds, parse_weight_scales
+    from pipeline.sweep import build_parser, trial_grid
 
     ns = build_parser().parse_args(args)
-    base = trial_base(ns)
-    scales = parse_weight_scales(ns.weight_scales) if ns.weight_scales else list(DEFAULT_WEIGHT_SCALES)
-    return ns, base, make_grid(base, scales, parse_batchnorm(ns.batchnorm), parse_seeds(ns.seeds))
+    return ns, *trial_grid(ns)
 
 
 def sweep_data(ns: argparse.Namespace, base: dict) -> tuple:

@@ -139,6 +139,13 @@ def trial_base(args: argparse.Namespace) -> dict:
     }
 
 
+def trial_grid(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """``(the fixed hyperparameters, the trial configs)`` the command line asks for, validated."""
+    base = trial_base(args)
+    scales = parse_weight_scales(args.weight_scales) if args.weight_scales else list(DEFAULT_WEIGHT_SCALES)
+    return base, make_grid(base, scales, parse_batchnorm(args.batchnorm), parse_seeds(args.seeds))
+
+
 def code_version() -> str:
     """The git commit of this code (with ``-dirty`` for local changes), else the package version."""
     root = Path(__file__).resolve().parent.parent
@@ -209,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, plan, start Ray, and run every trial not yet FINISHED."""
-    base = trial_base(args)
-    scales = parse_weight_scales(args.weight_scales) if args.weight_scales else list(DEFAULT_WEIGHT_SCALES)
-    grid = make_grid(base, scales, parse_batchnorm(args.batchnorm), parse_seeds(args.seeds))
+    base, grid = trial_grid(args)
     keys = [trial_key(c) for c in grid]
     uri = store.resolve_tracking_uri(args.tracking_uri)
     store.check_tracking_uri(uri)

@@ -123,14 +123,12 @@ def test_ctrl_c_ends_unfinished_runs_killed_exits_130_and_rerun_finishes(fashion
 
 def test_a_cancelled_preparer_writes_nothing_to_mlflow(fashion_mnist_dir, tmp_path, capsys):
     """The thread that plans against MLflow while Ray starts stops at its next step after Ctrl-C."""
-    from pipeline.sweep import _prepare, build_parser, trial_base
-    from pipeline.trials import make_grid, parse_batchnorm, parse_seeds, parse_weight_scales, trial_key
+    from pipeline.sweep import _prepare, build_parser, trial_grid
+    from pipeline.trials import trial_key
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = build_parser().parse_args([*SLOW, "--seeds", "0", "--tracking-uri", uri, "--experiment", "prepared"])
-    base = trial_base(args)
-    grid = make_grid(base, parse_weight_scales(args.weight_scales), parse_batchnorm(args.batchnorm),
-                     parse_seeds(args.seeds))
+    base, grid = trial_grid(args)
     keys = [trial_key(c) for c in grid]
 
     cancelled, out = threading.Event(), {}
