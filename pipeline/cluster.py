@@ -49,7 +49,7 @@ def connect(address: str | None, workers: int | None) -> int:
             raise UsageError(f"cannot join the Ray cluster at {address}: {first}") from None
     else:
         cpus = max(workers or 0, os.cpu_count() or 1)
-        with _without_monitors():
+        with _lean_local_ray():
             ray.init(num_cpus=cpus, _node_ip_address=LOCAL_HOST, **common)
     return int(ray.cluster_resources().get("CPU", 1))
 
@@ -59,39 +59,57 @@ SKIPPED_DAEMONS = {"no_monitor": True, "include_log_monitor": False}
 
 
 @contextlib.contextmanager
-def _without_monitors() -> Iterator[None]:
-    """While a local Ray starts: no autoscaler monitor and no log monitor.
+def _lean_local_ray() -> Iterator[None]:
+    """While a local Ray starts: no autoscaler monitor, no log monitor and no dashboard (API) server.
 
-    Neither has work on the sweep's own one-machine instance: its size is fixed (the monitor would scale nothing),
-    and its driver does not take its workers' output (``log_to_driver=False``: the log monitor would stream worker
-    logs to nobody; they stay in Ray's session logs). Without them Ray starts about 1 s sooner (two Python processes
-    fewer to start while Ray's start-up keeps both cores busy) and stops 1 s sooner: the monitor does not act on
-    SIGTERM, and ``ray.shutdown`` waits a full second before it kills it. Measured start to stop, one trivial task
-    per worker: median 5.2 s instead of 7.6 s over 5 interleaved pairs (``ray_fixed`` in ``benchmarks/bench_sweep.py``
-    times the same).
+    None of them has work on the sweep's own one-machine instance, which lives as long as the sweep:
 
-    ``ray.init`` has no option for this (``ray start`` has ``--no-monitor``): the switches are set on the node
-    parameters ``ray.init`` builds (``ray._private.parameter.RayParams``, Ray 2.60). A Ray whose parameters lack
-    them starts its usual daemons.
+    - the autoscaler monitor: its size is fixed, so it would scale nothing;
+    - the log monitor: the driver does not take its workers' output (``log_to_driver=False``), so it would stream
+      worker logs to nobody (they stay in Ray's session logs);
+    - the dashboard server: ``include_dashboard=False`` only drops its web UI; the process still starts, to serve
+      Ray's job and state APIs over HTTP, which nothing asks of a sweep's private instance (its progress is in the
+      terminal and in MLflow). Ray's GCS, raylet, agents and workers do not need it; each node's dashboard agent,
+      which looks for it to forward Ray's own events, logs once a second that it found none.
+
+    Without them Ray starts sooner (three Python processes fewer to start while Ray's start-up keeps both cores
+    busy) and stops 1 s sooner: the monitor does not act on SIGTERM, and ``ray.shutdown`` waits a full second before
+    it kills it. Ray alone from start to stop, one trivial task per worker (what ``ray_fixed`` in
+    ``benchmarks/bench_sweep.py`` times), medians of interleaved pairs: without the monitors 5.2 s instead of 7.6 s
+    (5 pairs); without the dashboard server too, 5.0 s instead of 6.1 s (6 pairs, a day later; about 1 CPU-second
+    less).
+
+    ``ray.init`` has no option for this (``ray start`` has ``--no-monitor``): the monitors' switches are set on the
+    node parameters ``ray.init`` builds (``ray._private.parameter.RayParams``, Ray 2.60), and the head node's
+    ``start_api_server`` is skipped, only while the sweep's own ``ray.init`` runs. A Ray whose internals lack these
+    names starts its usual daemons.
     """
     try:
+        from ray._private.node import Node
         from ray._private.parameter import RayParams
     except ImportError:  # another Ray layout: start as usual
         yield
         return
-    original = RayParams.__init__
+    original_params, original_api_server = RayParams.__init__, Node.__dict__.get("start_api_server")
 
-    def lean_init(self, *args, **kwargs) -> None:
-        original(self, *args, **kwargs)
+    def lean_params(self, *args, **kwargs) -> None:
+        original_params(self, *args, **kwargs)
         for name, value in SKIPPED_DAEMONS.items():
             if hasattr(self, name):
                 setattr(self, name, value)
 
-    RayParams.__init__ = lean_init
+    def no_api_server(self, **kwargs) -> None:  # noqa: ARG001 - Node.start_api_server's keywords
+        """The dashboard server is not started (see above)."""
+
+    RayParams.__init__ = lean_params
+    if original_api_server is not None:
+        Node.start_api_server = no_api_server
     try:
         yield
     finally:
-        RayParams.__init__ = original
+        RayParams.__init__ = original_params
+        if original_api_server is not None:
+            Node.start_api_server = original_api_server
 
 
 def disconnect() -> None:

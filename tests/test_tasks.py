@@ -52,17 +52,20 @@ def _ray_daemons() -> list[str]:
     return out
 
 
-def test_the_local_ray_runs_without_the_autoscaler_monitor_and_the_log_monitor(local_ray):
+def test_the_local_ray_runs_without_the_monitors_and_the_dashboard_server(local_ray):
     daemons = _ray_daemons()
-    # the instance is really up (GCS, raylet, dashboard), and it has neither monitor
-    for daemon in ("gcs_server", "raylet", "dashboard.py"):
+    # the instance is really up (GCS, raylet), and it has neither monitor nor the dashboard (API) server
+    for daemon in ("gcs_server", "raylet"):
         assert any(daemon in d for d in daemons), (daemon, daemons)
-    assert not any("autoscaler/_private/monitor.py" in d or "log_monitor.py" in d for d in daemons), daemons
+    skipped = ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py")
+    assert not any(name in d for d in daemons for name in skipped), daemons
     assert ray.get(ray.remote(num_cpus=1)(lambda: os.getpid()).remote()) != os.getpid()  # and runs a task
-    # the switch is scoped to the start of our instance: Ray's parameters are as Ray made them afterwards
+    # the switches are scoped to the start of our instance: Ray's own code is in place afterwards
+    from ray._private.node import Node
     from ray._private.parameter import RayParams
 
     assert RayParams(no_monitor=False).no_monitor is False and RayParams().include_log_monitor is None
+    assert Node.start_api_server.__module__ == "ray._private.node"
 
 
 def _in_process(config: dict, data: tuple) -> list[dict]:
