@@ -150,6 +150,20 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert 0 < summary["orchestration_efficiency"] <= 1
     assert summary["slowdown_in_sweep"] > 0 and summary["slowdown_in_pool"] > 0
     assert 0 < summary["efficiency_bound_pool_and_ray"] < summary["efficiency_bound_ray_fixed"]
+    # the drift probe: the first of every DRIFT_PROBE_EVERY trials, timed alone around the sweep
+    drift = rep["sweep"]["drift"]
+    assert drift["probe_trials"] == len(range(0, 4, run_all.DRIFT_PROBE_EVERY))
+    assert drift["in_compute_s"] == pytest.approx(sum(compute["times_s"][::run_all.DRIFT_PROBE_EVERY]))
+    assert drift["factor"] == pytest.approx((drift["before_s"] + drift["after_s"]) / 2 / drift["in_compute_s"])
+    assert rep["sweep"]["efficiency_drift_corrected"] == pytest.approx(
+        compute["ideal_s"] * drift["factor"] / rep["sweep"]["wall_s"])
+    # MLflow's floor for every run on top of the pool and Ray alone: a lower cap than either alone
+    assert 0 < summary["efficiency_bound_floors"] < summary["efficiency_bound_pool_and_ray"]
+    assert summary["efficiency_bound_floors"] == pytest.approx(summary["ideal_s"] / (
+        summary["peer_wall_median_s"]["pool"] + summary["ray_fixed_median_s"]
+        + result["logging"]["sqlite"]["floor"]["ms_per_trial_median"] / 1000 * 4 / 2))
+    assert "sweep_efficiency_drift_corrected" in result["ratios"]
+    assert "sweep_efficiency_bound_floors" in result["ratios"]
 
     for kind in ("sqlite", "server"):
         calls = result["logging"][kind]["ms_per_call_median"]
