@@ -11,9 +11,16 @@ Reads only what MLflow holds (docs/design.md); never imports ray.
 - ``python -m analysis`` (analysis.cli): all of it, plus an analysis run logged to MLflow.
 """
 
-from analysis.errors import AnalysisError
-from analysis.load import METRICS, load_runs
-from analysis.stats import arm_summary, final_summary, holm, paired_comparison, seeds_needed
+import os
+
+# Before MLflow is first imported (by the modules below): no usage telemetry to MLflow's servers (nor its
+# installation id written to ~/.config); the analysis reads its tracking store and talks to nothing else.
+# "false" turns it back on.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from analysis.errors import AnalysisError  # noqa: E402
+from analysis.load import METRICS, load_runs  # noqa: E402
+from analysis.stats import arm_summary, final_summary, holm, paired_comparison, seeds_needed  # noqa: E402
 
 __all__ = [
     "METRICS",

@@ -32,6 +32,10 @@ for _name, _value in (
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "15"),
     # Not a "View run ... at" line per ended run on our progress bar.
     ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
+    # The driver talks to its tracking store and to nothing else: no usage telemetry to MLflow's servers (nor
+    # its installation id written to ~/.config), as Ray's usage stats are off (pipeline/cluster.py). Read by
+    # MLflow when it is imported, just below; "false" turns it back on.
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
 ):
     os.environ.setdefault(_name, _value)
 
