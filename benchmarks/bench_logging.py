@@ -2,9 +2,10 @@
 
 Per trial the sweep's driver (pipeline/sweep.py with pipeline/tracking.py ``Tracker``) does:
 
-1. ``create_run``: ``MlflowClient.create_run`` with the trial's tags (after its task is submitted);
-2. ``log_batch``: one ``log_batch`` of every epoch (21 epochs x 3 metrics) with the params, the heartbeat and
-   node tags (a default trial takes well under the 2 s flush interval, so its epochs go in one batch);
+1. ``create_run``: ``MlflowClient.create_run`` with the trial's tags, where it runs included (a one-node
+   cluster, as the sweep's own local Ray; after its task is submitted);
+2. ``log_batch``: one ``log_batch`` of every epoch (21 epochs x 3 metrics) with the params and no tags (a default
+   trial takes well under the 2 s flush interval, so its epochs go in one batch, its last);
 3. ``rival_runs``: the search for other sweeps' runs of the trial (the check before FINISHED);
 4. ``end_run``: ``set_terminated`` FINISHED.
 
@@ -54,7 +55,7 @@ def epoch_records(epochs: int, rng_seed: int = 0) -> list[tuple[int, dict[str, f
 
 
 def run_tags(sweep_id: str, driver: str) -> tuple[dict[str, str], dict[str, str]]:
-    """``(tags a trial run is created with, node tags its first batch adds)``, shaped as the sweep's."""
+    """``(the sweep's tags of a trial run, the tags of where it runs)``: a trial run is created with both."""
     import numpy as np
 
     static = {"run_kind": "trial", "sweep_id": sweep_id, "dataset": "fashion-mnist", "dataset_sha256": "0" * 64,
@@ -90,12 +91,11 @@ def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str
             times[name] = now - t
             t = now
 
-        run_id, start_time = tracker.create_run(exp_id, run_name(config),
-                                                dict(static_tags, trial_key=key, heartbeat=f"{time.time():.0f}"))
+        run_id, start_time = tracker.create_run(
+            exp_id, run_name(config), dict(static_tags, **node_tags, trial_key=key, heartbeat=f"{time.time():.0f}"))
         lap("create_run")
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
-        tracker.log_batch(run_id, epoch_records(config["epochs"]), {"heartbeat": f"{time.time():.0f}", **node_tags},
-                          params_of(config))
+        tracker.log_batch(run_id, epoch_records(config["epochs"]), {}, params_of(config))
         lap("log_batch")
         rivals = [r for r in tracker.rival_runs(exp_id, sweep_id, start_time - 600_000) if r.trial_key == key]
         if tracking.winner(mine, rivals, 900) is not None:
@@ -122,13 +122,13 @@ def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str
 
 def time_floor(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str = EXPERIMENT + "-floor") -> dict:
     """What any tracker must pay MLflow to record one trial run: the fewest calls a run with these data takes,
-    made with a bare ``MlflowClient`` (no retry wrapper, no claim search): ``create_run`` with the trial's tags,
-    one ``log_batch`` of every epoch with the params and the node tags, ``set_terminated``.
+    made with a bare ``MlflowClient`` (no retry wrapper, no claim search): ``create_run`` with the trial's tags
+    (where it runs included), one ``log_batch`` of every epoch with the params, ``set_terminated``.
 
     The sweep's cost above this floor is its exactly-once search; the floor itself is MLflow's (its SQL store
     writes each metric value as an ORM row, about 0.2 ms apiece here: 63 per default trial).
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     from pipeline.trials import params_of, run_name, trial_key
@@ -140,13 +140,13 @@ def time_floor(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str =
     def one_trial(config: dict) -> float:
         start = time.perf_counter()
         run = client.create_run(exp_id, start_time=int(time.time() * 1000), run_name=run_name(config),
-                                tags=dict(static_tags, trial_key=trial_key(config), heartbeat=f"{time.time():.0f}"))
+                                tags=dict(static_tags, **node_tags, trial_key=trial_key(config),
+                                          heartbeat=f"{time.time():.0f}"))
         run_id = run.info.run_id
         client.log_batch(run_id,
                          metrics=[Metric(k, float(v), ts, e) for e, values, ts in epoch_records(config["epochs"])
                                   for k, v in values.items()],
-                         params=[Param(k, v) for k, v in params_of(config).items()],
-                         tags=[RunTag(k, v) for k, v in dict(node_tags, heartbeat=f"{time.time():.0f}").items()])
+                         params=[Param(k, v) for k, v in params_of(config).items()])
         client.set_terminated(run_id, "FINISHED")
         return time.perf_counter() - start
 

@@ -112,6 +112,21 @@ def _lean_local_ray() -> Iterator[None]:
             Node.start_api_server = original_api_server
 
 
+def single_node() -> dict[str, str]:
+    """Where every task will run, when the cluster has exactly one alive node (as the sweep's own local Ray has):
+    the ``ray_node``, ``ray_node_ip`` and ``numpy_version`` tags a task reports (``pipeline.tasks``), else ``{}``.
+
+    The driver's numpy stands for the workers' (on one node they run the driver's Python); a task that reports
+    anything else is tagged with what it reports."""
+    import numpy as np
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) != 1:
+        return {}
+    return {"ray_node": nodes[0]["NodeID"], "ray_node_ip": nodes[0]["NodeManagerAddress"],
+            "numpy_version": np.__version__}
+
+
 def disconnect() -> None:
     """Leave the cluster (and stop a local instance we started)."""
     if ray.is_initialized():

@@ -410,7 +410,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     import ray
     from tqdm import tqdm
 
-    from pipeline import tracking
+    from pipeline import cluster, tracking
     from pipeline.tasks import train_trial
 
     tracker, exp_id, sweep_id, driver, todo = plan.tracker, plan.exp_id, plan.sweep_id, plan.driver, plan.todo
@@ -431,6 +431,10 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         return 0
 
     data_ref = ray.put(plan.data)  # once: every task gets this reference, read zero-copy from the object store
+    # On a one-node cluster (the sweep's own local Ray) every run is created with the tags of where it will run, so
+    # the log_batch of its epochs carries no tags: MLflow writes a batch's params, metrics and tags in a transaction
+    # each, and the tags' one is about 1.4 ms of the 18 ms MLflow costs a trial here (benchmarks/bench_logging.py).
+    node_tags = cluster.single_node()
     static_tags = {
         "run_kind": tracking.RUN_KIND_TRIAL,
         "sweep_id": sweep_id,
@@ -438,6 +442,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         "dataset_sha256": plan.checksum,
         "code_version": code_version(),
         "driver": driver,
+        **node_tags,
     }
     outcome = Outcome()
     active: dict = {}
@@ -463,7 +468,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             ray.cancel(gen, force=True)
             tracker.delete_run(run_id)
             return None
-        return Active(config, key, run_id, start_time)
+        return Active(config, key, run_id, start_time, node_tagged=dict(node_tags))
 
     epoch_seconds: deque = deque(maxlen=32)  # compute seconds per epoch of recently ended trials
 
@@ -507,9 +512,10 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             outcome.failures.append(f"{run_name(state.config)}: {reason}")
             bar.set_postfix(failed=outcome.failed, refresh=False)
 
-    def flush(state: Active) -> None:
-        """Send the epochs buffered for a run, with the heartbeat and where it runs, in one round trip."""
-        tags = {"heartbeat": f"{time.time():.0f}"}
+    def flush(state: Active, last: bool = False) -> None:
+        """Send the epochs buffered for a run, with the heartbeat and where it runs (unless its run was created with
+        that), in one round trip. No heartbeat with a trial's ``last`` epochs: its run is ended right after."""
+        tags = {} if last else {"heartbeat": f"{time.time():.0f}"}
         node = {k: v for k, v in state.node.items() if k != "pid"}
         if node != state.node_tagged:
             tags.update(node)
@@ -578,7 +584,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             submit()  # the next trials start before the ended ones are written to MLflow
             for state, status, reason in ended:
                 if state.buffer:
-                    flush(state)
+                    flush(state, last=True)
                 finish(state, status, reason)
                 bar.update(1)
     except (KeyboardInterrupt, tracking.TrackingUnavailable) as exc:

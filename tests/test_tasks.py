@@ -78,6 +78,16 @@ def _items(config: dict, data: tuple, epochs_per_item: int) -> list[dict]:
     return [ray.get(ref) for ref in train_trial.remote(config, ray.put(data), epochs_per_item)]
 
 
+def test_a_one_node_cluster_is_where_every_task_reports_it_runs(local_ray):
+    # the sweep creates each run with these tags (its epochs' log_batch then carries none): they must be what a
+    # task on this node reports, or every trial would be tagged twice
+    expected = cluster.single_node()
+    assert set(expected) == {"ray_node", "ray_node_ip", "numpy_version"}
+    items = list(train_trial.remote(_config(epochs=1), _data(), 2))
+    reported = {k: v for k, v in ray.get(items[-1])["node"].items() if k != "pid"}
+    assert reported == expected
+
+
 @pytest.mark.parametrize("per_item", [1, 3, 4, 11, 50])
 def test_items_group_the_epochs_as_asked_and_carry_the_in_process_results(local_ray, per_item):
     config, data = _config(), _data()
