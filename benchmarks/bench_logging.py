@@ -54,14 +54,13 @@ def epoch_records(epochs: int, rng_seed: int = 0) -> list[tuple[int, dict[str, f
                  "test_acc": float(rng.random())}, now + 25 * e) for e in range(epochs + 1)]
 
 
-def run_tags(sweep_id: str, driver: str) -> tuple[dict[str, str], dict[str, str]]:
-    """``(the sweep's tags of a trial run, the tags of where it runs)``: a trial run is created with both."""
+def run_tags(sweep_id: str, driver: str) -> dict[str, str]:
+    """The tags a trial run is created with, shaped as the sweep's on its own one-node Ray (where it runs included)."""
     import numpy as np
 
-    static = {"run_kind": "trial", "sweep_id": sweep_id, "dataset": "fashion-mnist", "dataset_sha256": "0" * 64,
-              "code_version": "bench", "driver": driver}
-    node = {"ray_node": uuid.uuid4().hex * 2, "ray_node_ip": "127.0.0.1", "numpy_version": np.__version__}
-    return static, node
+    return {"run_kind": "trial", "sweep_id": sweep_id, "dataset": "fashion-mnist", "dataset_sha256": "0" * 64,
+            "code_version": "bench", "driver": driver,
+            "ray_node": uuid.uuid4().hex * 2, "ray_node_ip": "127.0.0.1", "numpy_version": np.__version__}
 
 
 def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str = EXPERIMENT) -> dict:
@@ -78,7 +77,7 @@ def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str
     exp_id = tracker.ensure_experiment(experiment)
     sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     driver = tracking.driver_identity()
-    static_tags, node_tags = run_tags(sweep_id, driver)
+    tags = run_tags(sweep_id, driver)
 
     def one_trial(config: dict) -> dict[str, float]:
         key = trial_key(config)
@@ -92,7 +91,7 @@ def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str
             t = now
 
         run_id, start_time = tracker.create_run(
-            exp_id, run_name(config), dict(static_tags, **node_tags, trial_key=key, heartbeat=f"{time.time():.0f}"))
+            exp_id, run_name(config), dict(tags, trial_key=key, heartbeat=f"{time.time():.0f}"))
         lap("create_run")
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
         tracker.log_batch(run_id, epoch_records(config["epochs"]), {}, params_of(config))
@@ -135,12 +134,12 @@ def time_floor(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str =
 
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(f"{experiment}-{uuid.uuid4().hex[:6]}")
-    static_tags, node_tags = run_tags("floor", "host:1:2")
+    tags = run_tags("floor", "host:1:2")
 
     def one_trial(config: dict) -> float:
         start = time.perf_counter()
         run = client.create_run(exp_id, start_time=int(time.time() * 1000), run_name=run_name(config),
-                                tags=dict(static_tags, **node_tags, trial_key=trial_key(config),
+                                tags=dict(tags, trial_key=trial_key(config),
                                           heartbeat=f"{time.time():.0f}"))
         run_id = run.info.run_id
         client.log_batch(run_id,

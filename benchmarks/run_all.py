@@ -251,13 +251,7 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                 ticks = cpu_ticks()
                 if name == "sweep":
                     run = bench_sweep.run_sweep(sweep_args, workers, where)
-                    run["host_steal"] = steal_since(ticks)
-                    after = probe_seconds()
-                    drift = (before + after) / 2 / probe_in_compute
-                    run["drift"] = {"probe_trials": len(probe), "in_compute_s": probe_in_compute, "before_s": before,
-                                    "after_s": after, "factor": drift}
                     run.update(bench_sweep.efficiency(run, ideal))
-                    run["efficiency_drift_corrected"] = ideal * drift / run["wall_s"]
                     run["efficiency_vs_cpu_ideal"] = compute_cpu_sum / workers / run["wall_s"]
                     # What the trials cost beside each other: their compute summed inside the sweep's tasks
                     # against the same trials computed one at a time in this process.
@@ -268,7 +262,13 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                                                mlflow=mlflow)
                     if kind == "pool":
                         run["slowdown_vs_alone"] = run["compute_sum_s"] / compute_sum
-                run.setdefault("host_steal", steal_since(ticks))
+                run["host_steal"] = steal_since(ticks)
+                if name == "sweep":
+                    after = probe_seconds()
+                    drift = (before + after) / 2 / probe_in_compute
+                    run["drift"] = {"probe_trials": len(probe), "in_compute_s": probe_in_compute, "before_s": before,
+                                    "after_s": after, "factor": drift}
+                    run["efficiency_drift_corrected"] = ideal * drift / run["wall_s"]
                 _say(f"[grid]   {name}: {run['wall_s']:.1f} s wall (host took {100 * run['host_steal']:.1f} % "
                      "of the CPU time)")
                 rep_result[name] = run

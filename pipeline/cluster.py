@@ -14,6 +14,7 @@ from pipeline.trials import UsageError
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 LOCAL_HOST = "127.0.0.1"
@@ -118,8 +119,6 @@ def single_node() -> dict[str, str]:
 
     The driver's numpy stands for the workers' (on one node they run the driver's Python); a task that reports
     anything else is tagged with what it reports."""
-    import numpy as np
-
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     if len(nodes) != 1:
         return {}
