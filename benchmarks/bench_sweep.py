@@ -11,7 +11,9 @@ Ray task gets), on the data exactly as the sweep hands it to its tasks. The effi
 - ``trials_compute_s``: what it prints as the trials' own compute time, summed over the tasks ("trials computed
   Z s"). Against the compute measured in this process it shows how much slower a trial computes beside the
   others (two trials on two cores share caches and memory bandwidth; the driver and Ray's daemons take turns),
-  and ``orchestration_efficiency`` = ``Z / workers / (X - Y)`` how busy the workers were once Ray was up.
+  and ``orchestration_efficiency`` = ``Z / workers / (X - Y)`` how busy the workers were once Ray was up;
+- ``mlflow_s`` / ``mlflow_ms_per_trial``: what it prints as the time its driver spent in MLflow calls once trials
+  ran ("MLflow calls took ..."): wall time with the CPUs shared with the workers, so above ``bench_logging``'s.
 
 While the sweep runs, the RSS of its process tree is sampled (driver, Ray workers, Ray's own daemons).
 Afterwards the runs are read back from MLflow: all must be FINISHED, and their start/end times give how long
@@ -54,6 +56,7 @@ QUIET_ENV = {
 }
 _DONE_RE = re.compile(r"done in (?P<total>[0-9.]+) s \(Ray and data ready after (?P<ready>[0-9.]+) s; trials computed "
                       r"(?P<computed>[0-9.]+) s on (?P<workers>\d+) workers\): (?P<ran>\d+) run")
+_MLFLOW_RE = re.compile(r"MLflow calls took (?P<s>[0-9.]+) s of the driver \((?P<ms>[0-9.]+) ms per trial\)")
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -284,8 +287,11 @@ def run_sweep(sweep_args: list[str], workers: int, tmp: Path, *, timeout: float 
     if any(not reason.startswith("diverged") for reason in runs["failure_reasons"]):
         raise RuntimeError(f"sweep had failures other than divergence: {runs['failure_reasons'][:5]}")
     total, ready, computed = (float(match[k]) for k in ("total", "ready", "computed"))
+    mlflow = _MLFLOW_RE.search(res["output"])
+    if not mlflow:
+        raise RuntimeError(f"the sweep did not report its MLflow time: {tail(res['output'])}")
     return {"wall_s": res["wall_s"], "sweep_total_s": total, "ray_ready_s": ready, "trials_run": int(match["ran"]),
-            "trials_compute_s": computed,
+            "trials_compute_s": computed, "mlflow_s": float(mlflow["s"]), "mlflow_ms_per_trial": float(mlflow["ms"]),
             "orchestration_efficiency": computed / int(match["workers"]) / (total - ready),
             "returncode": res["returncode"], "memory": res["memory"], "mlflow": runs,
             "output_tail": tail(res["output"], 3)}

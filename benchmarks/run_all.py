@@ -175,10 +175,13 @@ def default_trial_seconds(results: dict) -> float | None:
     return statistics.fmean(v["median_s"] for v in trial["variants"] if v["dtype"] == "float64")
 
 
-def section_logging(grid: list[dict]) -> dict:
-    from benchmarks.bench_logging import bench_logging
+def section_logging(grid: list[dict], trial_seconds: float | None, workers: int) -> dict:
+    """The sweep's MLflow calls per trial; the trials that share a search as many as end within ``--flush-seconds``
+    at the ``trial`` section's time (the default if it did not run)."""
+    from benchmarks.bench_logging import DEFAULT_TRIALS_PER_SEARCH, bench_logging, trials_per_search
 
-    return bench_logging(grid, server=True)
+    per_search = trials_per_search(trial_seconds, workers) if trial_seconds else DEFAULT_TRIALS_PER_SEARCH
+    return bench_logging(grid, server=True, per_search=per_search)
 
 
 def section_analysis(runs: int, repeats: int) -> dict:
@@ -318,6 +321,7 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         "sweep_trials_compute_median_s": _median(s["trials_compute_s"] for s in sweeps),
         "orchestration_efficiency": _median(s["orchestration_efficiency"] for s in sweeps),
         "slowdown_in_sweep": _median(s["slowdown_vs_alone"] for s in sweeps),
+        "sweep_mlflow_ms_per_trial": _median(s["mlflow_ms_per_trial"] for s in sweeps),
     }
     pools = [r["pool"] for r in repetitions if "pool" in r]
     if pools:
@@ -501,6 +505,9 @@ def table(results: dict) -> str:
                      f"{s['compute_median_s']:.2f} s alone); CPU seconds during the sweep: driver "
                      f"{cpu.get('driver', 0):.1f}, Ray workers {cpu.get('workers', 0):.1f}, Ray daemons "
                      f"{cpu.get('others', 0):.1f}")
+        if "sweep_mlflow_ms_per_trial" in s:
+            lines.append(f"  the sweep's driver spent {s['sweep_mlflow_ms_per_trial']:.1f} ms per trial in MLflow "
+                         "calls (wall time, the CPUs shared with the workers)")
         for peer, wall in s["peer_wall_median_s"].items():
             ratio = s["ratios"].get(f"{peer}_over_sweep")
             if wall is not None:
@@ -510,7 +517,8 @@ def table(results: dict) -> str:
         for kind, r in logging_.items():
             calls = ", ".join(f"{c} {v:.1f}" for c, v in r["ms_per_call_median"].items())
             lines.append(f"MLflow per trial ({kind}): {r['ms_per_trial_median']:.1f} ms median, "
-                         f"{r['ms_per_trial_mean']:.1f} mean ({calls} ms)")
+                         f"{r['ms_per_trial_mean']:.1f} mean ({calls} ms; one search per "
+                         f"{r.get('trials_per_search', 1)} trials)")
             if "floor" in r:
                 lines.append(f"  MLflow's own floor for one such run (create_run, one log_batch, set_terminated on a "
                              f"bare client): {r['floor']['ms_per_trial_median']:.1f} ms median")
@@ -638,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
             if section == "trial":
                 results["trial"] = section_trial(trial_reps)
             elif section == "logging":
-                results["logging"] = section_logging(grid)
+                results["logging"] = section_logging(grid, default_trial_seconds(results), args.workers)
             elif section == "analysis":
                 results["analysis"] = section_analysis(analysis_runs, 3 if not args.quick else 2)
             elif section == "memory":

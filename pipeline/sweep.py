@@ -43,8 +43,11 @@ from pipeline.trials import (
 DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
 #: A claim is checked against runs of other sweeps created since this long before we planned (clock skew).
 RIVAL_CLOCK_MARGIN_MS = 600_000
-#: Before a trial starts, one search for rival runs serves all claims made within this many seconds.
-RIVAL_REFRESH_S = 2.0
+#: A claim uses the last search for rival runs while it is at most this old. (Only an early out: what makes a trial
+#: FINISHED exactly once is the search before its end. Those come every --flush-seconds while trials end, and
+#: serve the claims too.)
+RIVAL_REFRESH_S = 5.0
+DEFAULT_FLUSH_SECONDS = 2.0
 #: After Ctrl-C or a lost store, how long the sweep keeps trying to end its runs before leaving them as orphans.
 CLEANUP_RETRY_S = 10.0
 #: After Ctrl-C while Ray starts, how long the driver waits for the preparer thread (it stops at its next step).
@@ -96,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     r.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    r.add_argument("--flush-seconds", type=float, default=2.0,
-                   help="a running trial sends its new epochs to MLflow at most this often")
+    r.add_argument("--flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS,
+                   help="the driver writes a trial's progress to MLflow at most this often: the new epochs of a "
+                        "running trial, and FINISHED for the trials that ended meanwhile (one exactly-once check "
+                        "serves them all)")
     r.add_argument("--tracking-retry", type=float, default=120.0,
                    help="seconds to keep retrying an unavailable tracking store before giving up")
     r.add_argument("--orphan-timeout", type=float, default=900.0,
@@ -452,11 +457,14 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     rivals_since = plan.planned_ms - RIVAL_CLOCK_MARGIN_MS
     rivals = {"at": -math.inf, "runs": []}
 
-    def rivals_of(key: str, fresh: bool) -> list:
-        """Rival runs of one trial; one search serves every claim for ``RIVAL_REFRESH_S`` unless ``fresh``."""
-        if fresh or time.monotonic() - rivals["at"] > RIVAL_REFRESH_S:
-            rivals["runs"] = tracker.rival_runs(exp_id, sweep_id, rivals_since)
-            rivals["at"] = time.monotonic()
+    def search_rivals() -> None:
+        rivals["runs"] = tracker.rival_runs(exp_id, sweep_id, rivals_since)
+        rivals["at"] = time.monotonic()
+
+    def rivals_of(key: str) -> list:
+        """Rival runs of one trial, from the last search if it is at most ``RIVAL_REFRESH_S`` old."""
+        if time.monotonic() - rivals["at"] > RIVAL_REFRESH_S:
+            search_rivals()
         return [r for r in rivals["runs"] if r.trial_key == key]
 
     def claim(config: dict, key: str, gen) -> Active | None:
@@ -464,7 +472,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         tags = dict(static_tags, trial_key=key, heartbeat=f"{time.time():.0f}")
         run_id, start_time = tracker.create_run(exp_id, run_name(config), tags)
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
-        if tracking.winner(mine, rivals_of(key, fresh=False), args.orphan_timeout) is not None:
+        if tracking.winner(mine, rivals_of(key), args.orphan_timeout) is not None:
             ray.cancel(gen, force=True)
             tracker.delete_run(run_id)
             return None
@@ -492,14 +500,34 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             else:
                 active[gen] = state
 
-    def finish(state: Active, status: str, reason: str | None = None) -> None:
-        if status == "FINISHED":
-            # The check that makes a trial FINISHED exactly once, also against a sweep that started with ours.
+    # Trials that ended complete, waiting for the check that makes each FINISHED exactly once (also against a sweep
+    # that started with ours): a search made after they ended, then their end right after it. One search serves all
+    # that ended within --flush-seconds of the first: a search costs about as much as a trial's other MLflow calls
+    # together cost beside it (benchmarks/bench_logging.py), and the driver shares the workers' CPUs.
+    unchecked: list[Active] = []
+    check_due = {"at": math.inf}
+
+    def hold(state: Active) -> None:
+        if not unchecked:
+            check_due["at"] = time.monotonic() + args.flush_seconds
+        unchecked.append(state)
+
+    def finish_checked() -> None:
+        """One search for rival runs, then FINISHED (or, for a trial another sweep won, deleted) for every held one."""
+        search_rivals()  # also serves the claims of the next RIVAL_REFRESH_S
+        while unchecked:
+            state = unchecked.pop(0)
             mine = tracking.RunInfo(state.run_id, state.key, "RUNNING", state.start_time, sweep_id, driver, time.time())
-            if tracking.winner(mine, rivals_of(state.key, fresh=True), args.orphan_timeout) is not None:
+            if tracking.winner(mine, rivals_of(state.key), args.orphan_timeout) is not None:
                 tracker.delete_run(state.run_id)
                 outcome.yielded += 1
-                return
+            else:
+                finish(state, "FINISHED")
+            bar.update(1)
+        check_due["at"] = math.inf
+
+    def finish(state: Active, status: str, reason: str | None = None) -> None:
+        """End the trial's run (a FINISHED one only after :func:`finish_checked`'s check)."""
         tags = {}
         if len(state.workers_seen) > 1:  # its worker (or node) died and Ray ran the task again
             outcome.retried += 1
@@ -562,31 +590,37 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         stop.set()
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    mlflow_seconds_before = tracker.seconds
     tracker.stop = stop  # an MLflow call waiting to retry gives up at once
     try:
-        while todo or active:
+        while todo or active or unchecked:
             if stop.is_set():
                 raise KeyboardInterrupt
             submit()
-            if not active:
-                continue
-            gens = list(active)
-            ready, _ = ray.wait(gens, num_returns=1, timeout=1.0)
-            if stop.is_set():
-                raise KeyboardInterrupt
-            if ready:  # take everything that is ready now, not one item per wake-up
-                ready, _ = ray.wait(gens, num_returns=len(gens), timeout=0)
-            ended = []
-            for gen in ready:
-                result = handle(gen, active[gen])
-                if result is not None:
-                    ended.append((active.pop(gen), *result))
-            submit()  # the next trials start before the ended ones are written to MLflow
-            for state, status, reason in ended:
-                if state.buffer:
-                    flush(state, last=True)
-                finish(state, status, reason)
-                bar.update(1)
+            if active:
+                gens = list(active)
+                timeout = min(1.0, max(0.0, check_due["at"] - time.monotonic()))
+                ready, _ = ray.wait(gens, num_returns=1, timeout=timeout)
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                if ready:  # take everything that is ready now, not one item per wake-up
+                    ready, _ = ray.wait(gens, num_returns=len(gens), timeout=0)
+                ended = []
+                for gen in ready:
+                    result = handle(gen, active[gen])
+                    if result is not None:
+                        ended.append((active.pop(gen), *result))
+                submit()  # the next trials start before the ended ones are written to MLflow
+                for state, status, reason in ended:
+                    if state.buffer:
+                        flush(state, last=True)
+                    if status == "FINISHED":
+                        hold(state)
+                    else:
+                        finish(state, status, reason)
+                        bar.update(1)
+            if unchecked and (not active or time.monotonic() >= check_due["at"]):
+                finish_checked()
     except (KeyboardInterrupt, tracking.TrackingUnavailable) as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         bar.close()
@@ -598,6 +632,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         tracker.retry_seconds = min(tracker.retry_seconds, CLEANUP_RETRY_S)
         ours, ended = [], True
         try:
+            if interrupted and unchecked:
+                finish_checked()  # trials that ended complete are results: recorded, not ended KILLED
             # Ask the store rather than our own books: a claim may have been cut off half-way.
             ours = [r for r in tracker.trial_runs(exp_id) if r.sweep_id == sweep_id and r.status == "RUNNING"]
             for r in ours:
@@ -615,7 +651,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                  f"Resume with the same command: {resume}")
             return EXIT_INTERRUPTED
         _say(f"\nerror: MLflow at {uri} stayed unavailable for {args.tracking_retry:.0f}s ({exc}). "
-             f"{outcome.finished} trial(s) were recorded; {len(active) + len(todo)} were not "
+             f"{outcome.finished} trial(s) were recorded; {len(active) + len(unchecked) + len(todo)} were not "
              f"(runs left RUNNING are ended as orphans by the next sweep). "
              f"Rerun the same command to finish them: {resume}")
         return 1
@@ -636,6 +672,10 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
          + (f"; MLflow calls retried {tracker.retries} time(s)" if tracker.retries else "") + ".")
     for line in outcome.failures[:10]:
         _say(f"  FAILED {line}")
+    mlflow_seconds = tracker.seconds - mlflow_seconds_before
+    ended = outcome.finished + outcome.failed + outcome.yielded
+    _say(f"MLflow calls took {mlflow_seconds:.1f} s of the driver ({1000 * mlflow_seconds / max(ended, 1):.1f} ms per "
+         "trial).")
     _say(f"Open the runs: {ui}")
     # A diverged trial is a result of the experiment (recorded FAILED with its reason), not a fault of the run.
     return 1 if outcome.failed > outcome.diverged else 0

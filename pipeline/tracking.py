@@ -158,6 +158,8 @@ class Tracker:
         self.retry_seconds = retry_seconds
         self.on_retry = on_retry
         self.retries = 0
+        #: Seconds spent inside MLflow calls (failed attempts included, the waits between retries not).
+        self.seconds = 0.0
         #: Set by the sweep while Ctrl-C means "stop": a call waiting to retry then raises KeyboardInterrupt at once.
         self.stop: threading.Event | None = None
 
@@ -166,9 +168,11 @@ class Tracker:
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.2
         while True:
+            started = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - classified just below
+                self.seconds += time.perf_counter() - started
                 if not _is_transient(exc) or time.monotonic() + delay > deadline:
                     if _is_transient(exc):
                         raise TrackingUnavailable(f"{what}: {_one_line(exc)}") from exc
@@ -181,6 +185,9 @@ class Tracker:
                 elif self.stop.wait(delay):
                     raise KeyboardInterrupt(f"interrupted while waiting to retry MLflow {what}") from exc
                 delay = min(delay * 2, 5.0)
+            else:
+                self.seconds += time.perf_counter() - started
+                return result
 
     # experiments -------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from benchmarks import flops, run_all
+from benchmarks import bench_logging, flops, run_all
 
 TINY = ["--weight-scales", "0.1,0.01", "--grid-seeds", "1", "--epochs", "2", "--train-size", "200",
         "--test-size", "100", "--reps", "1", "--tune-reps", "1", "--trial-reps", "1", "--analysis-runs", "20",
@@ -147,6 +147,7 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert 0 < grid["summary"]["efficiency_bound_ray_fixed"] < 1
     summary = grid["summary"]
     assert 0 < rep["sweep"]["trials_compute_s"] <= 2 * rep["sweep"]["sweep_total_s"]
+    assert 0 < rep["sweep"]["mlflow_s"] < rep["sweep"]["sweep_total_s"] and rep["sweep"]["mlflow_ms_per_trial"] > 0
     assert 0 < summary["orchestration_efficiency"] <= 1
     assert summary["slowdown_in_sweep"] > 0 and summary["slowdown_in_pool"] > 0
     assert 0 < summary["efficiency_bound_pool_and_ray"] < summary["efficiency_bound_ray_fixed"]
@@ -169,6 +170,9 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
         calls = result["logging"][kind]["ms_per_call_median"]
         assert set(calls) == {"create_run", "log_batch", "finish_search", "end_run"}
         assert result["logging"][kind]["trials"] == 4
+        # the trials that end within --flush-seconds of each other share one exactly-once search, as in the sweep
+        assert result["logging"][kind]["trials_per_search"] == bench_logging.trials_per_search(
+            run_all.default_trial_seconds(result), 2)
         floor = result["logging"][kind]["floor"]
         assert floor["trials"] == 4 and floor["ms_per_trial_median"] > 0
     assert result["analysis"]["sqlite"]["rows"] == 20 * 21

@@ -41,6 +41,11 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
     assert done, first.stderr
     total, computed, workers = float(done.group(1)), float(done.group(2)), int(done.group(3))
     assert 0 < computed <= workers * total
+    # and how long its driver spent in MLflow: part of the sweep, shared by its 8 trials
+    mlflow = re.search(r"MLflow calls took ([0-9.]+) s of the driver \(([0-9.]+) ms per trial\)", first.stderr)
+    assert mlflow, first.stderr
+    assert 0 < float(mlflow.group(1)) < total
+    assert float(mlflow.group(2)) == pytest.approx(1000 * float(mlflow.group(1)) / 8, abs=6.5)  # s is rounded to 0.1
 
     runs = trial_runs(uri, EXPERIMENT)
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)

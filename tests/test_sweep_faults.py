@@ -121,6 +121,36 @@ def test_ctrl_c_ends_unfinished_runs_killed_exits_130_and_rerun_finishes(fashion
     _assert_each_trial_finished_once_with_full_history(uri, "ctrl-c", 8, 40)
 
 
+def test_ctrl_c_records_the_trials_that_ended_complete_while_they_wait_for_their_check(fashion_mnist_dir, tmp_path):
+    """A trial that ended waits up to --flush-seconds for the search that makes it FINISHED exactly once (one search
+    serves every trial that ends meanwhile). Ctrl-C in that wait still records it FINISHED: it is a result, and only
+    the trials still computing end KILLED."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # With a long flush a running trial logs nothing until it ends: a RUNNING run with metrics has ended complete.
+    args = [*SLOW, "--seeds", "0-4", "--flush-seconds", "120", "--tracking-uri", uri, "--experiment", "held"]
+    sweep = SweepProcess(*args, cwd=tmp_path)
+    try:
+        sweep.wait_started()
+        held = _wait_for(lambda: [r.info.run_id for r in trial_runs(uri, "held", ("RUNNING",)) if r.data.metrics],
+                         180, "a trial that ended and waits for its check")
+        sweep.proc.send_signal(signal.SIGINT)
+        code = sweep.wait(120)
+    finally:
+        sweep.kill()
+    assert code == 130, sweep.output
+    client = MlflowClient(uri)
+    for run_id in held:
+        assert client.get_run(run_id).info.status == "FINISHED", sweep.output
+    statuses = [r.info.status for r in trial_runs(uri, "held")]
+    assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
+    finished = statuses.count("FINISHED")
+    assert f"Interrupted: {finished} trial(s) finished" in sweep.output, sweep.output
+
+    again = run_sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    _assert_each_trial_finished_once_with_full_history(uri, "held", 20, 40)
+
+
 def test_a_cancelled_preparer_writes_nothing_to_mlflow(fashion_mnist_dir, tmp_path, capsys):
     """The thread that plans against MLflow while Ray starts stops at its next step after Ctrl-C."""
     from pipeline.sweep import _prepare, build_parser, trial_grid
