@@ -237,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # A complete grid needs no Ray at all. Asking costs MLflow's import (about a second), so it is only asked of a
     # store that exists; for a new one, Ray starts at once and MLflow is imported beside it, in the preparer.
-    if store.store_exists(uri) and _all_finished(args, uri, keys):
+    new_store = not store.store_exists(uri)
+    if not new_store and _all_finished(args, uri, keys):
         _say(f"Nothing to run: all {len(grid)} trials of this grid are already FINISHED (or diverged) in experiment "
              f"{args.experiment!r}. See them: {store.mlflow_ui_command(uri, None)}")
         return 0
@@ -255,18 +256,30 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     # Load the data and plan against MLflow while Ray starts: each takes seconds and neither needs the other.
     prepared: dict = {}
-    preparer = threading.Thread(target=_prepare, args=(args, uri, base, grid, keys, prepared, stop), daemon=True)
+    data_ready = threading.Event()
+    preparer = threading.Thread(target=_prepare, args=(args, uri, base, grid, keys, prepared, stop, data_ready),
+                                daemon=True)
     preparer.start()
     try:
         cpus = cluster.connect(args.address, args.workers)  # a Ctrl-C meanwhile is acted on once it returns
+        early = None
+        if new_store:
+            # Nothing is recorded yet, so the grid's first trials will run: they start now, while the preparer
+            # imports MLflow and creates the store (a second or two), and are claimed once it has.
+            while not data_ready.is_set() and preparer.is_alive() and not stop.is_set():
+                data_ready.wait(0.1)
+            if data_ready.is_set() and not stop.is_set():
+                early = _start_first(prepared["data"], grid, keys, args.workers or cpus)
+        ray_seconds = time.perf_counter() - started
         while preparer.is_alive() and not stop.is_set():
             preparer.join(0.1)
         if stop.is_set():
             raise KeyboardInterrupt
         if "error" in prepared:
             raise prepared["error"]
-        ray_seconds = time.perf_counter() - started
-        return _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds, stop)
+        if early is None:
+            ray_seconds = time.perf_counter() - started
+        return _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds, stop, early)
     except KeyboardInterrupt:
         # Before the first trial: the preparer writes nothing more to MLflow, and ends before the interpreter
         # does (a thread still importing MLflow while Python shuts down fails with a traceback).
@@ -360,21 +373,26 @@ class Plan:
 
 
 def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out: dict,
-             cancelled: threading.Event) -> None:
+             cancelled: threading.Event, data_ready: threading.Event | None = None) -> None:
     """Load the data, then plan against MLflow: skip what is FINISHED, end orphans, leave live runs alone.
 
-    Runs in a thread beside Ray's start-up; the data comes first so that bad data writes nothing to MLflow.
+    Runs in a thread beside Ray's start-up; the data comes first (``out["data"]``, then ``data_ready`` is set), so
+    that bad data writes nothing to MLflow and the first trials can start before MLflow is even imported.
     Once ``cancelled`` is set (Ctrl-C while Ray starts) it writes nothing more and ends: its error, if any,
     goes to ``out["error"]``, never to the terminal.
     """
     try:
+        data, checksum = trial_data(args, base)
+        out["data"] = data
+        if data_ready is not None:
+            data_ready.set()
+        if cancelled.is_set():
+            return
+
         from tqdm import tqdm
 
         from pipeline import tracking
 
-        data, checksum = trial_data(args, base)
-        if cancelled.is_set():
-            return
         tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry,
                                    on_retry=lambda m: tqdm.write(m, file=sys.stderr))
         tracker.stop = cancelled  # a retry wait ends at once on Ctrl-C
@@ -407,11 +425,32 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
         out["error"] = exc
 
 
+@dataclass
+class Started:
+    """The trials :func:`_start_first` started before the plan was made, and the data reference they got."""
+
+    data_ref: object
+    tasks: list  # (generator, config, key)
+
+
+def _start_first(data: tuple, grid: list[dict], keys: list[str], workers: int) -> Started:
+    """Put the data into Ray's object store and start the grid's first ``workers`` trials (for a new store, whose
+    plan can only be to run them all); :func:`_sweep` claims them, or cancels those the plan leaves out."""
+    import ray
+
+    from pipeline.tasks import train_trial
+
+    data_ref = ray.put(data)
+    return Started(data_ref, [(train_trial.remote(config, data_ref, 1), config, key)
+                              for config, key in zip(grid[:workers], keys[:workers], strict=True)])
+
+
 def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: float,  # noqa: C901
-           stop: threading.Event) -> int:
+           stop: threading.Event, early: Started | None = None) -> int:
     """Run the planned trials, at most ``--workers`` at once, streaming their epochs into MLflow.
 
-    ``stop`` is set by Ctrl-C or SIGTERM (from before Ray started); the loop checks it between its steps."""
+    ``stop`` is set by Ctrl-C or SIGTERM (from before Ray started); the loop checks it between its steps. ``early``
+    are trials started before the plan: claimed first if the plan runs them, else cancelled."""
     import ray
     from tqdm import tqdm
 
@@ -431,11 +470,19 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     if plan.running_elsewhere:
         _say(f"{plan.running_elsewhere} trial(s) are RUNNING in another live sweep; left to it.")
     ui = store.mlflow_ui_command(uri, exp_id)
+    # The trials started before the plan: those it runs are claimed first, the rest (a sweep that created the store
+    # meanwhile has them) are cancelled.
+    planned_keys = {key for _, key in todo}
+    first = [(gen, config, key) for gen, config, key in (early.tasks if early else []) if key in planned_keys]
+    for gen, _, key in early.tasks if early else []:
+        if key not in planned_keys:
+            ray.cancel(gen, force=True)
     if not todo:
         _say(f"Nothing to run: every trial of this grid is already FINISHED or running elsewhere. See them: {ui}")
         return 0
 
-    data_ref = ray.put(plan.data)  # once: every task gets this reference, read zero-copy from the object store
+    # Once: every task gets this reference, read zero-copy from the object store.
+    data_ref = early.data_ref if early else ray.put(plan.data)
     # On a one-node cluster (the sweep's own local Ray) every run is created with the tags of where it will run, so
     # the log_batch of its epochs carries no tags: MLflow writes a batch's params, metrics and tags in a transaction
     # each, and the tags' one is about 1.4 ms of the 18 ms MLflow costs a trial here (benchmarks/bench_logging.py).
@@ -488,17 +535,23 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             return 1
         return max(1, int(args.flush_seconds / max(statistics.median(epoch_seconds), 1e-6)))
 
+    def take(config: dict, key: str, gen) -> None:
+        state = claim(config, key, gen)
+        if state is None:
+            outcome.yielded += 1
+            bar.update(1)
+        else:
+            active[gen] = state
+
     def submit() -> None:
         """Fill every free slot: submit the task first (a worker never waits for MLflow), then claim."""
+        while first and not stop.is_set():
+            gen, config, key = first.pop(0)
+            todo.remove((config, key))
+            take(config, key, gen)
         while todo and len(active) < workers and not stop.is_set():
             config, key = todo.popleft()
-            gen = train_trial.remote(config, data_ref, epochs_per_item())
-            state = claim(config, key, gen)
-            if state is None:
-                outcome.yielded += 1
-                bar.update(1)
-            else:
-                active[gen] = state
+            take(config, key, train_trial.remote(config, data_ref, epochs_per_item()))
 
     # Trials that ended complete, waiting for the check that makes each FINISHED exactly once (also against a sweep
     # that started with ours): a search made after they ended, then their end right after it. One search serves all

@@ -13,13 +13,16 @@ FINISHED, by which time both claims are visible to both sweeps, so exactly one o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import psutil
@@ -79,6 +82,27 @@ def _sqlite_wal(dbapi_connection, connection_record) -> None:  # noqa: ARG001 - 
         pass  # the file is busy (another process holds a lock): keep its mode; the next connection tries again
     finally:
         cursor.close()
+
+
+@contextlib.contextmanager
+def _creating_sqlite_store(uri: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the SQLite file of ``uri`` (created empty if missing) while MLflow opens it.
+
+    MLflow creates a new store's tables (an alembic migration) when it first opens a file without them. Two
+    processes doing that at once (two sweeps started together on a new store) both migrate, and one of them fails
+    ("Online migration expected to match one row"). Under the lock the second one finds the tables there. SQLite
+    locks with ``fcntl`` byte-range locks, which ``flock`` does not touch: readers and writers of the store (``mlflow
+    ui``, a running sweep) never wait for this lock, only another process opening the store through it.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(Path(uri[len("sqlite:///"):]).expanduser(), "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- the identity of this driver, to tell live sweeps from orphans -------------------------------------------
@@ -154,7 +178,8 @@ class Tracker:
 
     def __init__(self, uri: str, retry_seconds: float = 120.0, on_retry: Callable[[str], None] | None = None):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        with _creating_sqlite_store(uri):  # the client opens its store (creating its tables in a new one)
+            self.client = MlflowClient(tracking_uri=uri)
         self.retry_seconds = retry_seconds
         self.on_retry = on_retry
         self.retries = 0

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from model.trial import run_trial
 from pipeline.data import load_dataset
 from pipeline.trials import make_grid, trial_key
-from tests.sweep_helpers import FASHION_DIR, SMALL, finished_counts, run_sweep, trial_runs
+from tests.sweep_helpers import FASHION_DIR, SMALL, SweepProcess, finished_counts, run_sweep, trial_runs
 
 EXPERIMENT = "small"
 PARAMS = {"weight_scale", "use_batchnorm", "seed", "epochs", "batch_size", "lr", "optimizer", "train_size",
@@ -167,3 +167,25 @@ def test_sixteen_trials_at_once_into_sqlite_lose_and_duplicate_nothing(fashion_m
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_acc")]
         assert sorted(steps) == [0, 1, 2, 3]
+
+
+def test_two_sweeps_started_at_once_on_a_new_store_finish_every_trial_exactly_once(fashion_mnist_dir, tmp_path):
+    """On a new SQLite store each sweep starts the grid's first trials before it has even planned (there is nothing
+    to skip). Two such sweeps started together compute some trials twice, but record each exactly once: the later
+    claim (or, if both were made before either looked, the check before FINISHED) gives way, and its run is deleted."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*SMALL, "--tracking-uri", uri, "--experiment", "together"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = SweepProcess(*args, cwd=tmp_path / "a"), SweepProcess(*args, cwd=tmp_path / "b")
+    try:
+        codes = (first.wait(300), second.wait(300))
+    finally:
+        first.kill()
+        second.kill()
+    assert codes == (0, 0), first.output + second.output
+    runs = trial_runs(uri, "together")
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs), "losing claims are deleted"
+    assert set(finished_counts(uri, "together")) == expected_keys([0, 1])
+    ran = [int(re.search(r"(\d+) run, ", p.output).group(1)) for p in (first, second)]
+    assert sum(ran) == 8, first.output + second.output

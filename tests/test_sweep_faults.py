@@ -161,12 +161,13 @@ def test_a_cancelled_preparer_writes_nothing_to_mlflow(fashion_mnist_dir, tmp_pa
     base, grid = trial_grid(args)
     keys = [trial_key(c) for c in grid]
 
-    cancelled, out = threading.Event(), {}
+    cancelled, out, data_ready = threading.Event(), {}, threading.Event()
     cancelled.set()
-    _prepare(args, uri, base, grid, keys, out, cancelled)
-    assert out == {}
+    _prepare(args, uri, base, grid, keys, out, cancelled, data_ready)
+    assert set(out) == {"data"} and data_ready.is_set()  # the data is loaded first (the first trials need it)
     assert capsys.readouterr().err == "" and not (tmp_path / "mlflow.db").exists()
 
+    out = {}
     _prepare(args, uri, base, grid, keys, out, threading.Event())  # the same, not cancelled
     assert "error" not in out and len(out["plan"].todo) == len(grid) == 4
     assert MlflowClient(uri).get_experiment_by_name("prepared").experiment_id == out["plan"].exp_id
