@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 from pipeline.trials import UsageError
@@ -61,7 +62,8 @@ SKIPPED_DAEMONS = {"no_monitor": True, "include_log_monitor": False}
 
 @contextlib.contextmanager
 def _lean_local_ray() -> Iterator[None]:
-    """While a local Ray starts: no autoscaler monitor, no log monitor and no dashboard (API) server.
+    """While a local Ray starts: no autoscaler monitor, no log monitor, no dashboard (API) server, a minimal
+    dashboard agent, and no idle second waiting for the raylet.
 
     None of them has work on the sweep's own one-machine instance, which lives as long as the sweep:
 
@@ -84,14 +86,29 @@ def _lean_local_ray() -> Iterator[None]:
     node parameters ``ray.init`` builds (``ray._private.parameter.RayParams``, Ray 2.60), and the head node's
     ``start_api_server`` is skipped, only while the sweep's own ``ray.init`` runs. A Ray whose internals lack these
     names starts its usual daemons.
+
+    And shorter waits, with the same switches' scope:
+
+    - the dashboard agent starts as Ray's minimal installation starts it (``--minimal``: no HTTP server for Ray's
+      job and log APIs, no reporter of node stats for a dashboard): the raylet registers only once its agent is up,
+      and the full one imports for 0.7 s;
+    - having started its processes, ``ray.init`` asks the GCS for its raylet 0.1 s later
+      (``ray._private.services.get_node``). The raylet is never registered that soon, and the GCS client's
+      ``GetNode`` then sleeps a whole second before it asks again. :func:`_when_registered` asks every 10 ms
+      first, so the first ``GetNode`` finds it.
+
+    ``ray.init`` alone, 6 runs each: 1.75 s, 1.40 s with the shorter wait, 1.30 s with the minimal agent too.
     """
     try:
+        from ray._private import services
+        from ray._private import utils as ray_utils
         from ray._private.node import Node
         from ray._private.parameter import RayParams
     except ImportError:  # another Ray layout: start as usual
         yield
         return
     original_params, original_api_server = RayParams.__init__, Node.__dict__.get("start_api_server")
+    original_get_node, original_dependency_error = services.get_node, ray_utils.get_dashboard_dependency_error
 
     def lean_params(self, *args, **kwargs) -> None:
         original_params(self, *args, **kwargs)
@@ -102,15 +119,44 @@ def _lean_local_ray() -> Iterator[None]:
     def no_api_server(self, **kwargs) -> None:  # noqa: ARG001 - Node.start_api_server's keywords
         """The dashboard server is not started (see above)."""
 
+    def get_node(gcs_address: str, node_id: str):
+        _when_registered(gcs_address, node_id)
+        return original_get_node(gcs_address, node_id)
+
+    def minimal_agent() -> str:
+        return "the sweep's own Ray runs a minimal dashboard agent"
+
     RayParams.__init__ = lean_params
     if original_api_server is not None:
         Node.start_api_server = no_api_server
+    services.get_node = get_node
+    ray_utils.get_dashboard_dependency_error = minimal_agent
     try:
         yield
     finally:
         RayParams.__init__ = original_params
         if original_api_server is not None:
             Node.start_api_server = original_api_server
+        services.get_node = original_get_node
+        ray_utils.get_dashboard_dependency_error = original_dependency_error
+
+
+def _when_registered(gcs_address: str, node_id: str, timeout: float = 30.0, every: float = 0.01) -> bool:
+    """Wait until the GCS at ``gcs_address`` lists node ``node_id`` (hex), asking every ``every`` seconds: True then,
+    False after ``timeout`` or at once on any error (Ray's own wait, which follows, then decides)."""
+    deadline = time.monotonic() + timeout
+    try:
+        host, _, port = gcs_address.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=1):  # a GCS client to nothing waits for ages
+            pass
+        client = ray._raylet.GcsClient(address=gcs_address)
+        while time.monotonic() < deadline:
+            if any(node.hex() == node_id for node in client.get_all_node_info(timeout=1)):
+                return True
+            time.sleep(every)
+    except Exception:  # noqa: BLE001 - only a shortcut: Ray's own GetNode waits and reports
+        return False
+    return False
 
 
 def single_node() -> dict[str, str]:

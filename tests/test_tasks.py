@@ -66,6 +66,21 @@ def test_the_local_ray_runs_without_the_monitors_and_the_dashboard_server(local_
 
     assert RayParams(no_monitor=False).no_monitor is False and RayParams().include_log_monitor is None
     assert Node.start_api_server.__module__ == "ray._private.node"
+    # its dashboard agent is the minimal one (no HTTP server, no reporter), and Ray's checks are its own again
+    agents = [d for d in daemons if "dashboard/agent.py" in d]
+    assert agents and all(" --minimal" in d for d in agents), daemons
+    from ray._private import services
+    from ray._private import utils as ray_utils
+
+    assert services.get_node.__module__ == "ray._private.services"
+    assert ray_utils.get_dashboard_dependency_error.__module__ == "ray._private.utils"
+
+
+def test_the_wait_for_the_raylet_sees_a_registered_node_and_gives_up_on_an_unknown_one(local_ray):
+    ctx = ray.get_runtime_context()
+    assert cluster._when_registered(ctx.gcs_address, ctx.get_node_id()) is True
+    assert cluster._when_registered(ctx.gcs_address, "ff" * 28, timeout=0.3) is False  # then Ray's own wait decides
+    assert cluster._when_registered("127.0.0.1:1", ctx.get_node_id()) is False  # no GCS there: at once, no error
 
 
 def _in_process(config: dict, data: tuple) -> list[dict]:
