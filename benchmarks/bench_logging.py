@@ -96,7 +96,9 @@ def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str
     driver = tracking.driver_identity()
     tags = run_tags(sweep_id, driver)
 
-    since_ms = int(time.time() * 1000) - 600_000
+    from pipeline.sweep import RIVAL_CLOCK_MARGIN_MS
+
+    since_ms = int(time.time() * 1000) - RIVAL_CLOCK_MARGIN_MS  # as the sweep searches, from its planning time
 
     def some_trials(configs: list[dict]) -> list[dict[str, float]]:
         times: list[dict[str, float]] = [{} for _ in configs]

@@ -30,8 +30,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise UsageError(f"tracking server {uri} is unreachable ({reason})") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
+    elif (path := sqlite_path(uri)) is not None:
+        folder = path.resolve().parent
         if not folder.is_dir():
             raise UsageError(f"tracking URI {uri}: folder {folder} does not exist")
     elif "://" in uri and not uri.startswith(("file://", "postgresql", "mysql", "mssql", "databricks")):
@@ -40,9 +40,13 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 def store_exists(uri: str) -> bool:
     """False when the tracking URI is a local SQLite file that does not exist yet (nothing to read)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).expanduser().exists()
-    return True
+    path = sqlite_path(uri)
+    return True if path is None else path.exists()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI (``~`` expanded), None for any other store."""
+    return Path(uri[len("sqlite:///"):]).expanduser() if uri.startswith("sqlite:///") else None
 
 
 def mlflow_ui_command(uri: str, experiment_id: str | None) -> str:

@@ -270,15 +270,14 @@ def run(args: argparse.Namespace) -> int:
                 data_ready.wait(0.1)
             if data_ready.is_set() and not stop.is_set():
                 early = _start_first(prepared["data"], grid, keys, args.workers or cpus)
-        ray_seconds = time.perf_counter() - started
+        first_started = time.perf_counter() if early else None
         while preparer.is_alive() and not stop.is_set():
             preparer.join(0.1)
         if stop.is_set():
             raise KeyboardInterrupt
         if "error" in prepared:
             raise prepared["error"]
-        if early is None:
-            ray_seconds = time.perf_counter() - started
+        ray_seconds = (first_started or time.perf_counter()) - started  # until the first trials could start
         return _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds, stop, early)
     except KeyboardInterrupt:
         # Before the first trial: the preparer writes nothing more to MLflow, and ends before the interpreter

@@ -22,11 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import psutil
 
+from pipeline import store
 from pipeline.trials import UsageError
 
 # The MLflow client retries an unreachable server for minutes by default; our own retry loop decides instead.
@@ -94,10 +94,11 @@ def _creating_sqlite_store(uri: str) -> Iterator[None]:
     locks with ``fcntl`` byte-range locks, which ``flock`` does not touch: readers and writers of the store (``mlflow
     ui``, a running sweep) never wait for this lock, only another process opening the store through it.
     """
-    if not uri.startswith("sqlite:///"):
+    path = store.sqlite_path(uri)
+    if path is None:
         yield
         return
-    with open(Path(uri[len("sqlite:///"):]).expanduser(), "ab") as handle:
+    with open(path, "ab") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

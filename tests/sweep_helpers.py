@@ -105,3 +105,12 @@ class SweepProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
+
+
+def wait_together(*sweeps: SweepProcess, timeout: float = 600) -> tuple[int, ...]:
+    """The exit codes of sweeps started together; whatever still runs is killed, pass or fail."""
+    try:
+        return tuple(sweep.wait(timeout) for sweep in sweeps)
+    finally:
+        for sweep in sweeps:
+            sweep.kill()

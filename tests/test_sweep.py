@@ -15,7 +15,15 @@ from mlflow.tracking import MlflowClient
 from model.trial import run_trial
 from pipeline.data import load_dataset
 from pipeline.trials import make_grid, trial_key
-from tests.sweep_helpers import FASHION_DIR, SMALL, SweepProcess, finished_counts, run_sweep, trial_runs
+from tests.sweep_helpers import (
+    FASHION_DIR,
+    SMALL,
+    SweepProcess,
+    finished_counts,
+    run_sweep,
+    trial_runs,
+    wait_together,
+)
 
 EXPERIMENT = "small"
 PARAMS = {"weight_scale", "use_batchnorm", "seed", "epochs", "batch_size", "lr", "optimizer", "train_size",
@@ -178,11 +186,7 @@ def test_two_sweeps_started_at_once_on_a_new_store_finish_every_trial_exactly_on
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first, second = SweepProcess(*args, cwd=tmp_path / "a"), SweepProcess(*args, cwd=tmp_path / "b")
-    try:
-        codes = (first.wait(300), second.wait(300))
-    finally:
-        first.kill()
-        second.kill()
+    codes = wait_together(first, second, timeout=300)
     assert codes == (0, 0), first.output + second.output
     runs = trial_runs(uri, "together")
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs), "losing claims are deleted"

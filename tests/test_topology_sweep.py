@@ -13,7 +13,15 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import FASHION_DIR, REPO, SweepProcess, finished_counts, run_sweep, trial_runs
+from tests.sweep_helpers import (
+    FASHION_DIR,
+    REPO,
+    SweepProcess,
+    finished_counts,
+    run_sweep,
+    trial_runs,
+    wait_together,
+)
 from tests.topology import free_port, full_topology
 
 #: 2 scales x both arms x 2 seeds = 8 trials on the cluster's 2 CPUs (one per node).
@@ -98,11 +106,7 @@ def test_two_sweeps_started_at_once_finish_every_trial_exactly_once(topo, tmp_pa
     (tmp_path / "b").mkdir()
     first = SweepProcess(*_sweep_args(topo, "concurrent", SHORT), cwd=tmp_path / "a", env=env)
     second = SweepProcess(*_sweep_args(topo, "concurrent", SHORT), cwd=tmp_path / "b", env=env)
-    try:
-        codes = (first.wait(600), second.wait(600))
-    finally:
-        first.kill()
-        second.kill()
+    codes = wait_together(first, second)
     assert codes == (0, 0), first.output + second.output
     _assert_once_with_history(topo.mlflow.url, "concurrent", 8, 3)
     assert len(trial_runs(topo.mlflow.url, "concurrent")) == 8, "losing claims are deleted, not left behind"
