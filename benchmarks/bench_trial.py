@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -63,48 +61,6 @@ def time_trial(config: dict, data: tuple) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     run_trial(config, x_train, t_train, x_test, t_test)
     return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def in_shared_memory(arrays: tuple) -> tuple:
-    """Read-only copies of ``arrays`` in a shared-memory file (tmpfs, ``/dev/shm``), mapped as Ray's object store maps
-    the objects it hands a task zero-copy: with the kernel's 4 KB pages, where numpy's own large arrays get huge
-    pages (``madvise``). The file is unlinked at once; its memory goes with the last view."""
-    size = sum(a.nbytes for a in arrays)
-    with tempfile.TemporaryFile(dir="/dev/shm") as handle:
-        handle.truncate(size)
-        buffer = mmap.mmap(handle.fileno(), size)
-    views, offset = [], 0
-    for a in arrays:
-        view = np.frombuffer(buffer, dtype=a.dtype, count=a.size, offset=offset).reshape(a.shape)
-        view[...] = a
-        view.flags.writeable = False
-        views.append(view)
-        offset += a.nbytes
-    return tuple(views)
-
-
-def time_data_memory(data: tuple, reps: int) -> dict:
-    """The float64 default trial (both arms) on its data as the sweep's tasks once read it, in the object store's
-    shared memory, against a copy in the process's own memory (``pipeline.tasks._own_copy``); interleaved, with
-    the data in the form the sweep hands its tasks (float64, contiguous). Seconds (the mean of the arms' medians)
-    and shared / own."""
-    (x_train, t_train), (x_test, t_test) = data
-    own = (np.ascontiguousarray(x_train, dtype=np.float64), np.ascontiguousarray(t_train),
-           np.ascontiguousarray(x_test, dtype=np.float64), np.ascontiguousarray(t_test))
-    times: dict[tuple[str, bool], list[float]] = {(w, bn): [] for w in ("own", "shared") for bn in (False, True)}
-    shared = in_shared_memory(own)
-    with threadpool_limits(limits=1):
-        for rep in range(reps + 1):  # the first round warms up
-            for where, arrays in (("own", own), ("shared", shared)):
-                for bn in (False, True):
-                    wall = time.perf_counter()
-                    run_trial({**BASE_CONFIG, "dtype": "float64", "use_batchnorm": bn}, *arrays)
-                    if rep:
-                        times[where, bn].append(time.perf_counter() - wall)
-    # a default trial: the mean of the two arms' medians (the grid has as many trials of each)
-    own_s, shared_s = (statistics.fmean(statistics.median(times[w, bn]) for bn in (False, True))
-                       for w in ("own", "shared"))
-    return {"own_median_s": own_s, "shared_median_s": shared_s, "shared_over_own": shared_s / own_s, "reps": reps}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,7 +145,6 @@ def section_trial(reps: int) -> dict:
         profiles = {v: trial_profile.profile_trial({**config, "dtype": v[0], "use_batchnorm": v[1]}, data)
                     for v in bench_trial.VARIANTS}
         call_costs = {dtype: trial_profile.numpy_call_costs(dtype) for dtype in rate_samples}
-    data_memory = bench_trial.time_data_memory(data, reps)
     limits = {}
     for dtype, samples in rate_samples.items():
         rates = {key: {"median_s": statistics.median(s[key]["median_s"] for s in samples),
@@ -164,7 +163,7 @@ def section_trial(reps: int) -> dict:
                          "profile": profiles[dtype, bn]})
     return {"data": source, "reps": reps, "config": config, "gflop": flops.total_flops(products) / 1e9,
             "gflop_with_input_dx": flops.total_flops(flops.trial_products(config, input_dx=True)) / 1e9,
-            "limits": limits, "variants": variants, "numpy_call_costs": call_costs, "data_memory": data_memory}
+            "limits": limits, "variants": variants, "numpy_call_costs": call_costs}
 
 
 def default_trial_seconds(results: dict) -> float | None:
@@ -467,11 +466,6 @@ def table(results: dict) -> str:
                 lines.append(f"  numpy per call, {dtype}: (100, 100) elementwise {c['elementwise_us']:.1f} us, with a "
                              f"row-broadcast vector {c['row_broadcast_us']:.1f} us; on 100-vectors "
                              f"{c['vector_us']:.1f} us")
-        if "data_memory" in trial:
-            m = trial["data_memory"]
-            lines.append(f"  float64 trial on its data in shared memory, as Ray's object store hands it: "
-                         f"{m['shared_median_s']:.3f} s; on a copy in its own memory, as a worker trains: "
-                         f"{m['own_median_s']:.3f} s ({m['shared_over_own']:.3f}x)")
     grid = results.get("grid")
     if grid:
         s = grid["summary"]

@@ -440,7 +440,7 @@ def _start_first(data: tuple, grid: list[dict], keys: list[str], workers: int) -
     from pipeline.tasks import train_trial
 
     data_ref = ray.put(data)
-    return Started(data_ref, [(train_trial.remote(config, [data_ref], 1), config, key)
+    return Started(data_ref, [(train_trial.remote(config, data_ref, 1), config, key)
                               for config, key in zip(grid[:workers], keys[:workers], strict=True)])
 
 
@@ -480,7 +480,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         _say(f"Nothing to run: every trial of this grid is already FINISHED or running elsewhere. See them: {ui}")
         return 0
 
-    # Once: every task gets this reference (each worker copies the data once, pipeline.tasks._own_copy).
+    # Once: every task gets this reference, read zero-copy from the object store.
     data_ref = early.data_ref if early else ray.put(plan.data)
     # On a one-node cluster (the sweep's own local Ray) every run is created with the tags of where it will run, so
     # the log_batch of its epochs carries no tags: MLflow writes a batch's params, metrics and tags in a transaction
@@ -550,7 +550,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             take(config, key, gen)
         while todo and len(active) < workers and not stop.is_set():
             config, key = todo.popleft()
-            take(config, key, train_trial.remote(config, [data_ref], epochs_per_item()))
+            take(config, key, train_trial.remote(config, data_ref, epochs_per_item()))
 
     # Trials that ended complete, waiting for the check that makes each FINISHED exactly once (also against a sweep
     # that started with ours): a search made after they ended, then their end right after it. One search serves all

@@ -35,19 +35,6 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-@functools.lru_cache(maxsize=1)
-def _own_copy(data_ref: ray.ObjectRef) -> tuple:
-    """The data of ``data_ref``, copied once per worker process into the process's own memory.
-
-    Ray hands a task the arrays zero-copy: views of the object store's shared memory. The kernel backs those with
-    4 KB pages, while numpy asks it for huge pages for a large array of its own (``madvise``), and every evaluation
-    of a trial multiplies the data: a 1000x784 float64 product from shared memory took 3.08-3.14 ms here, against
-    2.91 ms from the process's own (about a fifth of a trial's products, so about 1.5 % of a trial;
-    ``benchmarks.bench_trial.time_data_memory`` times whole trials both ways). The copy costs a few milliseconds
-    and the data's size (12.5 MB for the default trial) once per worker, which then trains all its trials from it."""
-    return tuple(np.array(array) for array in ray.get(data_ref))
-
-
 def _node() -> dict[str, str]:
     """Where the trial runs (logged as tags): the Ray node, its address, and the numpy that computes."""
     ctx = ray.get_runtime_context()
@@ -60,11 +47,8 @@ def _node() -> dict[str, str]:
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def train_trial(config: dict, data: list[ray.ObjectRef], epochs_per_item: int = 1) -> Iterator[dict]:
-    """Train ``config`` on ``data`` = [the object ref of (x_train, t_train, x_test, t_test)] and yield its progress.
-
-    (The reference comes in a list, so that Ray hands it over as it is rather than the arrays it refers to: the
-    task trains on its worker's own copy of them, :func:`_own_copy`.)
+def train_trial(config: dict, data: tuple, epochs_per_item: int = 1) -> Iterator[dict]:
+    """Train ``config`` on ``data`` = (x_train, t_train, x_test, t_test) and yield its progress.
 
     Yields ``{"epochs": [(epoch, metrics, time_ms), ...], "node": {...}}`` each time ``epochs_per_item`` epochs
     (of 0..epochs) are measured, and last ``{"epochs": [the rest], "done": True, "seconds": compute_seconds,
@@ -73,16 +57,13 @@ def train_trial(config: dict, data: list[ray.ObjectRef], epochs_per_item: int = 
     """
     if isinstance(epochs_per_item, bool) or not isinstance(epochs_per_item, int) or epochs_per_item < 1:
         raise ValueError(f"epochs_per_item must be a positive integer, got {epochs_per_item!r}")
-    if not (isinstance(data, list) and len(data) == 1 and isinstance(data[0], ray.ObjectRef)):
-        raise TypeError(f"data must be [ray.put((x_train, t_train, x_test, t_test))], got {type(data).__name__}")
-    arrays = _own_copy(data[0])
     node = _node()
     diverged_at = None
     pending: list[tuple[int, dict, int]] = []
     start = time.perf_counter()
     # One BLAS thread per task: N workers then use N cores instead of fighting over them.
     with _blas().limit(limits=1):
-        for epoch, record in iter_trial(config, *arrays):
+        for epoch, record in iter_trial(config, *data):
             pending.append((epoch, record, int(time.time() * 1000)))
             if not math.isfinite(record["train_loss"]):
                 diverged_at = epoch

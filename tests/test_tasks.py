@@ -100,7 +100,7 @@ def _in_process(config: dict, data: tuple) -> list[dict]:
 
 
 def _items(config: dict, data: tuple, epochs_per_item: int) -> list[dict]:
-    return [ray.get(ref) for ref in train_trial.remote(config, [ray.put(data)], epochs_per_item)]
+    return [ray.get(ref) for ref in train_trial.remote(config, ray.put(data), epochs_per_item)]
 
 
 def test_a_one_node_cluster_is_where_every_task_reports_it_runs(local_ray):
@@ -108,7 +108,7 @@ def test_a_one_node_cluster_is_where_every_task_reports_it_runs(local_ray):
     # task on this node reports, or every trial would be tagged twice
     expected = cluster.single_node()
     assert set(expected) == {"ray_node", "ray_node_ip", "numpy_version"}
-    items = list(train_trial.remote(_config(epochs=1), [ray.put(_data())], 2))
+    items = list(train_trial.remote(_config(epochs=1), _data(), 2))
     reported = {k: v for k, v in ray.get(items[-1])["node"].items() if k != "pid"}
     assert reported == expected
 
@@ -141,35 +141,6 @@ def test_a_diverging_trial_ends_with_the_non_finite_epoch(local_ray):
     assert not np.isfinite(last["epochs"][-1][1]["train_loss"])
 
 
-@ray.remote(num_cpus=1)
-def _copies_in_a_worker(refs: list) -> dict:
-    """What :func:`pipeline.tasks._own_copy` gives a worker, asked twice for the same reference."""
-    from pipeline.tasks import _own_copy
-
-    first, again = _own_copy(refs[0]), _own_copy(refs[0])
-    return {"same_objects": [a is b for a, b in zip(first, again, strict=True)],
-            "own_memory": [a.flags.owndata and a.flags.writeable for a in first],
-            "arrays": first}
-
-
-def test_a_worker_copies_the_data_once_into_its_own_memory(local_ray):
-    data = _data()
-    shared = ray.get(ray.put(data))
-    assert not any(a.flags.writeable for a in shared)  # what Ray hands over: read-only views of shared memory
-    seen = ray.get(_copies_in_a_worker.remote([ray.put(data)]))
-    assert seen["same_objects"] == [True] * 4  # one copy per worker, reused by its next trials
-    assert seen["own_memory"] == [True] * 4
-    for copied, original in zip(seen["arrays"], data, strict=True):
-        assert copied.dtype == original.dtype and np.array_equal(copied, original)
-
-
-@pytest.mark.parametrize("bad", ["arrays", "ref"])
-def test_data_not_given_as_one_reference_in_a_list_is_refused(local_ray, bad):
-    data = _data() if bad == "arrays" else ray.put(_data())  # a bare ref would reach the task as the arrays
-    with pytest.raises(ray.exceptions.RayTaskError, match=r"data must be \[ray.put\("):
-        ray.get(next(train_trial.remote(_config(), data, 1)))
-
-
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_a_bad_group_size_is_refused(local_ray, bad):
     with pytest.raises(ray.exceptions.RayTaskError, match="epochs_per_item must be a positive integer"):
@@ -180,7 +151,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_every_epoch_arrives_once(local
     """Ray drops the items a retried generator yields again; that is only right if the retry groups its epochs
     exactly as the first attempt did, which the argument guarantees."""
     config, data = _config(epochs=150, train_size=300), _data()
-    gen = train_trial.remote(config, [ray.put(data)], 4)
+    gen = train_trial.remote(config, ray.put(data), 4)
     first = ray.get(next(gen))
     os.kill(int(first["node"]["pid"]), signal.SIGKILL)  # the trial has ~145 epochs to go
     items = [first] + [ray.get(ref) for ref in gen]
