@@ -49,3 +49,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(fashion_mnist_dir, tmp_
     assert message in errors[0], out.stderr
     assert not (tmp_path / "mlflow.db").exists(), "a bad input must not create or touch the store"
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+def test_help_gives_each_option_one_default(tmp_path):
+    """``--help`` exits 0 and shows each option's default once: the fixed ones as argparse prints them, the others
+    (found at run time: the cluster's CPUs, the tracking URI...) in their own words, never as "None"."""
+    out = run_sweep("--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split("options:", 1)[1].split())  # after the usage; argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for option in ("--weight-scales", "--workers", "--tracking-uri", "--epochs", "--flush-seconds"):
+        shown = text[text.index(f"{option} "):].split(" --", 1)[0]
+        assert shown.count("(default:") == 1, shown
