@@ -68,7 +68,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     fixed default) or the option is a flag."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
+        if action.default is None or action.default is False:  # not `in (None, False)`: 0 == False
             return action.help
         return super()._get_help_string(action)
 
