@@ -152,3 +152,35 @@ def test_softmax_cross_entropy_is_stable_for_huge_scores():
     np.testing.assert_allclose(layer.y, [[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]], atol=1e-300)
     dx = layer.backward()
     np.testing.assert_allclose(dx, [[0.5, 0.0, -0.5], [-0.5, 0.25, 0.25]])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_softmax_shift_is_the_row_maximum_even_for_ties_infinities_and_nan(dtype):
+    """The shift is read at each row's argmax: it must be exactly the row maximum, in the scores' dtype, for
+    ties, infinite and NaN scores too (a diverged net's NaN must reach the loss, not be skipped)."""
+    from model.layers import _softmax_parts
+
+    inf, nan = np.inf, np.nan
+    x = np.array(
+        [[1.5, 3.0, 3.0], [-inf, -inf, -inf], [2.0, inf, 1.0], [0.5, nan, 9.0], [-1e30, -2e30, -3e30]], dtype=dtype
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted, e, sums = _softmax_parts(x)
+        np.testing.assert_array_equal(shifted, x - x.max(axis=1, keepdims=True))
+    assert shifted.dtype == e.dtype == sums.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(sums[[0, 4]], np.exp(shifted[[0, 4]]).sum(axis=1), rtol=1e-6)
+    assert np.isnan(sums[[1, 2, 3]]).all()
+
+
+def test_the_shared_ones_vector_cannot_be_changed():
+    """column_sums multiplies by one cached ones vector per (length, dtype): writing to it must fail, or every
+    later sum would be wrong."""
+    from model.layers import _ones, column_sums
+
+    ones = _ones(3, np.dtype("float64"))
+    assert ones is _ones(3, np.dtype("float64"))
+    with pytest.raises(ValueError):
+        ones[0] = 2.0
+    a = np.arange(6.0).reshape(3, 2)
+    np.testing.assert_array_equal(column_sums(a), [6.0, 9.0])
+    assert column_sums(a.astype(np.float32)).dtype == np.float32
