@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,31 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert any("sweep efficiency" in n for n in names) and any("load_runs" in n for n in names)
     assert all(isinstance(t["met"], bool) for t in result["targets"])
     assert "sweep efficiency" in table and ("NOT MET" in table or " met" in table)
+
+
+def test_ab_trial_times_a_revision_against_the_working_tree(tmp_path, capsys):
+    """Both versions of model/ really run, each in its own worker (the revision's from a git archive), in pairs."""
+    from benchmarks import ab_trial
+
+    out = tmp_path / "ab.json"
+    assert ab_trial.main(["--base", "HEAD", "--reps", "2", "--epochs", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["base_commit"] == ab_trial._commit("HEAD") and len(report["base_commit"]) == 40
+    assert "bns-ab-" in report["model_a"]
+    assert Path(report["model_b"]) == ab_trial.REPO / "model" / "__init__.py"
+    assert [(v["dtype"], v["use_batchnorm"]) for v in report["variants"]] == ab_trial.VARIANTS
+    for v in report["variants"]:
+        assert len(v["cpu_s"]["A"]) == len(v["cpu_s"]["B"]) == 2
+        assert all(0 < s < 60 for s in v["cpu_s"]["A"] + v["cpu_s"]["B"])
+        assert 0 < v["ratio_b_over_a"] < 10
+    assert "B / A" in capsys.readouterr().out
+
+
+def test_ab_trial_refuses_an_unknown_revision(capsys):
+    from benchmarks import ab_trial
+
+    with pytest.raises(SystemExit) as exc:
+        ab_trial.main(["--base", "no-such-revision-here", "--reps", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ab_trial: error: --base 'no-such-revision-here' is not a commit") and "\n" not in err
