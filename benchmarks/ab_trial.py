@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench_trial import VARIANTS
+from benchmarks.bench_trial import VARIANTS, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         arm = "batchnorm" if v["use_batchnorm"] else "plain"
         print(f"{v['dtype']:8} {arm:10} {v['median_a_s']:9.3f} {v['median_b_s']:9.3f} {v['ratio_b_over_a']:7.3f}")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_json(args.json, report)
     return 0
 
 

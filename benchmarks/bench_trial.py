@@ -120,11 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             "python_version": platform.python_version(),
             "results": results,
         }
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_json(args.json, report)
     return 0
+
+
+def write_json(path: str | Path, report: dict) -> None:
+    """Write ``report`` as indented JSON to ``path`` (making its folder) and say so."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
