@@ -57,19 +57,27 @@ class _Worker:
             [sys.executable, "-c", _WORKER, data_dir or ""], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True, env=env, cwd=model_root,
         )
-        os.sched_setaffinity(self.proc.pid, {cpu})
-        hello = self.proc.stdout.readline()
-        if not hello:
-            raise RuntimeError(f"the worker for {model_root} exited (code {self.proc.wait()})")
-        self.info = json.loads(hello)
-        expected = (model_root / "model" / "__init__.py").resolve()
-        if Path(self.info["model"]).resolve() != expected:
-            raise RuntimeError(f"the worker imported {self.info['model']}, not {expected}")
+        try:
+            os.sched_setaffinity(self.proc.pid, {cpu})
+            hello = self.proc.stdout.readline()
+            if not hello:
+                raise RuntimeError(f"the worker for {model_root} exited (code {self.proc.wait()})")
+            self.info = json.loads(hello)
+            expected = (model_root / "model" / "__init__.py").resolve()
+            if Path(self.info["model"]).resolve() != expected:
+                raise RuntimeError(f"the worker imported {self.info['model']}, not {expected}")
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def time(self, request: dict) -> float:
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the worker for {self.info['model']} exited (code {self.proc.wait()}) on {request}")
+        return float(answer)
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -77,15 +85,20 @@ class _Worker:
 
 
 def _commit(rev: str) -> str:
-    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                          capture_output=True, text=True)
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ValueError("git is not installed: it extracts the revision's model/") from None
     if done.returncode != 0:
         raise ValueError(f"--base {rev!r} is not a commit of {REPO}")
     return done.stdout.strip()
 
 
 def _extract_model(commit: str, dest: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "model"], capture_output=True, check=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "model"], capture_output=True)
+    if archive.returncode != 0:
+        raise ValueError(f"commit {commit[:7]} has no model/ to compare")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
 
 
@@ -95,8 +108,10 @@ def compare(base: str, reps: int, cpu: int, data_dir: str | None = None, epochs:
     extra = {} if epochs is None else {"epochs": epochs}
     with tempfile.TemporaryDirectory(prefix="bns-ab-") as tmp:
         _extract_model(commit, Path(tmp))
-        workers = {"A": _Worker(Path(tmp), cpu, data_dir), "B": _Worker(REPO, cpu, data_dir)}
+        workers: dict[str, _Worker] = {}
         try:
+            workers["A"] = _Worker(Path(tmp), cpu, data_dir)
+            workers["B"] = _Worker(REPO, cpu, data_dir)
             times: dict[tuple[str, bool], dict[str, list[float]]] = {v: {"A": [], "B": []} for v in VARIANTS}
             for round_ in range(reps + 1):  # round 0 warms both up and is not kept
                 order = ("A", "B") if round_ % 2 else ("B", "A")
@@ -141,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         report = compare(args.base, args.reps, cpu, args.data_dir, args.epochs)
     except ValueError as exc:
         parser.exit(2, f"ab_trial: error: {exc}\n")
+    except RuntimeError as exc:  # a worker died (its traceback is above)
+        parser.exit(1, f"ab_trial: error: {exc}\n")
 
     print(f"A = model/ at {report['base']} ({report['base_commit'][:7]}), B = the working tree; "
           f"{args.reps} rounds on CPU {cpu}, {report['data']} data, CPU seconds per trial")

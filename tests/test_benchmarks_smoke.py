@@ -216,3 +216,24 @@ def test_ab_trial_refuses_an_unknown_revision(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ab_trial: error: --base 'no-such-revision-here' is not a commit") and "\n" not in err
+
+
+def test_ab_trial_reports_a_worker_that_dies_and_leaves_no_worker_behind(capfd):
+    """A trial that fails in a worker (here: epochs 0 is refused) ends the comparison with a one-line error and
+    exit 1, and both worker processes are gone."""
+    from benchmarks import ab_trial
+
+    with pytest.raises(SystemExit) as exc:
+        ab_trial.main(["--base", "HEAD", "--reps", "1", "--epochs", "0"])
+    assert exc.value.code == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ab_trial: error: the worker for ") and "exited (code 1)" in err[-1]
+    assert any("epochs must be an integer >= 1" in line for line in err)  # the worker's own reason, above
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"from benchmarks.bench_trial import BASE_CONFIG" in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+        except OSError:  # the process ended meanwhile
+            pass
+    assert left == []
