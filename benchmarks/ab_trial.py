@@ -30,21 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Runs in each worker process: loads the data once, then times one trial per line read from stdin.
 _WORKER = r"""
-import json, sys, time
+import json, sys
 from threadpoolctl import threadpool_limits
 import model
-from benchmarks.bench_trial import BASE_CONFIG, load_data
-from model import run_trial
+from benchmarks.bench_trial import BASE_CONFIG, load_data, time_trial
 data, source = load_data(sys.argv[1] or None)
-(x_train, t_train), (x_test, t_test) = data
 print(json.dumps({"model": model.__file__, "data": source}), flush=True)
 with threadpool_limits(limits=1):
     for line in sys.stdin:
-        request = json.loads(line)
-        config = {**BASE_CONFIG, **request}
-        start = time.process_time()
-        run_trial(config, x_train, t_train, x_test, t_test)
-        print(time.process_time() - start, flush=True)
+        print(time_trial({**BASE_CONFIG, **json.loads(line)}, data)[1], flush=True)  # CPU seconds
 """
 
 

@@ -241,7 +241,7 @@ def _softmax_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     The row maximum is read at the row's argmax, and the row sums are a product with a ones vector:
     NumPy reduces along a row of 10 scores one row at a time, which on 1000 rows costs 3 to 5 times as
-    much (both happen twice per epoch on the evaluation data)."""
+    much (both happen at every training step and once per epoch on the 1000 evaluation samples)."""
     row_max = x[np.arange(x.shape[0]), x.argmax(axis=1)]  # the same element x.max(axis=1) returns
     shifted = x - row_max[:, None]
     e = np.exp(shifted)
