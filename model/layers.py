@@ -84,35 +84,47 @@ class Affine:
 
 
 class Relu:
-    """``out = max(x, 0)``."""
+    """``out = max(x, 0)``.
 
-    def __init__(self) -> None:
+    ``inplace=True`` (as PyTorch's ``ReLU(inplace=True)``) writes each pass's result over the array it is given
+    (``x``, ``dout``): for a caller that owns that array and needs it no more, as ``MultiLayerNet`` does with the
+    fresh output of the layer before. It spares a batch-sized allocation per pass (1.5-5 % of a default trial,
+    ``benchmarks/ab_trial.py``). By default nothing given is changed."""
+
+    def __init__(self, inplace: bool = False) -> None:
         self.mask: np.ndarray | None = None
+        self.inplace = inplace
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if train:
             self.mask = x > 0  # only backward needs the mask: inference skips it
-        return np.maximum(x, 0.0)
+        return np.maximum(x, 0.0, out=x if self.inplace else None)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        return dout * self.mask
+        return np.multiply(dout, self.mask, out=dout if self.inplace else None)
 
 
 class Sigmoid:
-    """``out = 1 / (1 + exp(-x))``, computed as ``0.5 * (1 + tanh(x / 2))``, which never overflows."""
+    """``out = 1 / (1 + exp(-x))``, computed as ``0.5 * (1 + tanh(x / 2))``, which never overflows.
 
-    def __init__(self) -> None:
+    ``inplace`` as for :class:`Relu`."""
+
+    def __init__(self, inplace: bool = False) -> None:
         self.out: np.ndarray | None = None
+        self.inplace = inplace
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        out = np.tanh(x * 0.5)
+        out = np.multiply(x, 0.5, out=x if self.inplace else None)
+        np.tanh(out, out=out)
         out += 1.0
         out *= 0.5
         self.out = out
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        return dout * (1.0 - self.out) * self.out
+        dx = np.multiply(dout, 1.0 - self.out, out=dout if self.inplace else None)
+        dx *= self.out
+        return dx
 
 
 class BatchNormalization:
@@ -122,7 +134,9 @@ class BatchNormalization:
     statistics, ``running = momentum * running + (1 - momentum) * batch_stat``; the running statistics
     start at zeros (the book's behaviour). Inference mode normalizes with the running statistics.
     ``eps`` defaults to 1e-6 (the book's ``10e-7``). ``dgamma``/``dbeta``, if given, are the arrays
-    ``backward`` writes the gradients into, as for :class:`Affine`.
+    ``backward`` writes the gradients into, as for :class:`Affine`. ``inplace=True`` lets a training pass write
+    over the array it is given (forward: ``x`` becomes the centred input it keeps; backward: ``dout`` becomes
+    ``dx``), as for :class:`Relu`.
     """
 
     def __init__(
@@ -136,7 +150,9 @@ class BatchNormalization:
         *,
         dgamma: np.ndarray | None = None,
         dbeta: np.ndarray | None = None,
+        inplace: bool = False,
     ) -> None:
+        self.inplace = inplace
         self._out = (dgamma, dbeta)
         self.gamma = gamma
         self.beta = beta
@@ -160,7 +176,7 @@ class BatchNormalization:
 
         n = x.shape[0]
         mu = column_sums(x) / n
-        xc = x - mu
+        xc = np.subtract(x, mu, out=x if self.inplace else None)
         var = np.einsum("ij,ij->j", xc, xc) / n  # biased variance; einsum avoids an xc**2 temporary
         inv_std = 1.0 / np.sqrt(var + self.eps)
         m = self.momentum
@@ -188,7 +204,7 @@ class BatchNormalization:
         self.dbeta = column_sums(dout, out=self._out[1])
         self.dgamma = np.multiply(np.einsum("ij,ij->j", xc, dout), inv_std, out=self._out[0])  # sum(xn * dout)
         scale = self.gamma * inv_std
-        dx = dout * scale
+        dx = np.multiply(dout, scale, out=dout if self.inplace else None)
         dx -= scale * self.dbeta / n
         dx -= xc * (scale * inv_std * self.dgamma / n)
         return dx

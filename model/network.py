@@ -119,6 +119,10 @@ class MultiLayerNet:
             return Affine(self.params[f"W{idx}"], self.params[f"b{idx}"], need_dx=idx > 1,
                           dW=self.grads[f"W{idx}"], db=self.grads[f"b{idx}"])
 
+        # Batchnorm and the activations work in place (``inplace=True``): each is given an array no one else holds,
+        # the fresh output of the layer before it (an Affine's product, batchnorm's output) going forward and the
+        # fresh dx of the layer after it going back. The first layer, an Affine, never writes over its input, so the
+        # caller's data is never changed.
         self.layers: dict[str, object] = {}
         for idx in range(1, self.hidden_layer_num + 1):
             self.layers[f"Affine{idx}"] = affine(idx)
@@ -130,8 +134,9 @@ class MultiLayerNet:
                     eps=batchnorm_eps,
                     dgamma=self.grads[f"gamma{idx}"],
                     dbeta=self.grads[f"beta{idx}"],
+                    inplace=True,
                 )
-            self.layers[f"Activation_function{idx}"] = ACTIVATIONS[activation]()
+            self.layers[f"Activation_function{idx}"] = ACTIVATIONS[activation](inplace=True)
             if self.use_dropout:
                 self.layers[f"Dropout{idx}"] = Dropout(dropout_ratio, rng=rng)
         self.layers[f"Affine{self.hidden_layer_num + 1}"] = affine(self.hidden_layer_num + 1)

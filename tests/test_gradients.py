@@ -184,3 +184,75 @@ def test_the_shared_ones_vector_cannot_be_changed():
     a = np.arange(6.0).reshape(3, 2)
     np.testing.assert_array_equal(column_sums(a), [6.0, 9.0])
     assert column_sums(a.astype(np.float32)).dtype == np.float32
+
+
+def _layer_pair(kind: str, rng: np.random.Generator):
+    """The same layer twice, without and with ``inplace`` (batchnorm with equal, separate parameters)."""
+    from model.layers import Sigmoid
+
+    if kind == "batchnorm":
+        gamma, beta = rng.uniform(0.5, 2.0, 5), rng.standard_normal(5)
+        return (BatchNormalization(gamma.copy(), beta.copy()),
+                BatchNormalization(gamma.copy(), beta.copy(), inplace=True))
+    cls = {"relu": Relu, "sigmoid": Sigmoid}[kind]
+    return cls(), cls(inplace=True)
+
+
+@pytest.mark.parametrize("kind", ["relu", "sigmoid", "batchnorm"])
+def test_inplace_layers_write_over_what_they_are_given_and_compute_the_same(kind):
+    """``inplace=True`` changes where a training pass writes, never what it computes; by default nothing a layer is
+    given is changed."""
+    rng = np.random.default_rng(7)
+    x, dout = rng.standard_normal((8, 5)), rng.standard_normal((8, 5))
+    plain, inplace = _layer_pair(kind, rng)
+
+    x_plain, dout_plain = x.copy(), dout.copy()
+    out = plain.forward(x_plain, True)
+    dx = plain.backward(dout_plain)
+    np.testing.assert_array_equal(x_plain, x)  # the default leaves its arguments alone
+    np.testing.assert_array_equal(dout_plain, dout)
+
+    x_own, dout_own = x.copy(), dout.copy()
+    out_own = inplace.forward(x_own, True)
+    dx_own = inplace.backward(dout_own)
+    assert dx_own is dout_own
+    if kind == "batchnorm":
+        assert inplace.xc is x_own  # the centred input it keeps is written over x
+        np.testing.assert_array_equal(inplace.dgamma, plain.dgamma)
+        np.testing.assert_array_equal(inplace.dbeta, plain.dbeta)
+        np.testing.assert_array_equal(inplace.running_mean, plain.running_mean)
+    else:
+        assert out_own is x_own
+    np.testing.assert_array_equal(out_own, out)
+    np.testing.assert_array_equal(dx_own, dx)
+
+
+@pytest.mark.parametrize(("activation", "use_batchnorm"), itertools.product(("relu", "sigmoid"), (False, True)))
+def test_a_net_of_inplace_layers_computes_what_copying_layers_do_and_leaves_the_data_alone(activation, use_batchnorm):
+    """The net builds batchnorm and its activations with ``inplace=True``. Its gradients, predictions and
+    evaluation are bit for bit those of the same net with every layer copying, and the data it is given is never
+    changed (its first layer, an Affine, reads the data and writes nothing over it)."""
+
+    def build() -> MultiLayerNet:
+        return MultiLayerNet(6, [5, 4], 3, activation=activation, weight_init_std=1.0,
+                             use_batchnorm=use_batchnorm, rng=3)
+
+    rng = np.random.default_rng(11)
+    x, t = rng.standard_normal((10, 6)), rng.integers(0, 3, 10)
+    x_before = x.copy()
+    net, copying = build(), build()
+    assert all(layer.inplace for name, layer in net.layers.items() if not name.startswith("Affine"))
+    for layer in copying.layers.values():
+        if hasattr(layer, "inplace"):
+            layer.inplace = False
+
+    for _ in range(2):  # the second round runs on the running statistics and the updated parameters
+        grads, expected = net.gradient(x, t), copying.gradient(x, t)
+        for key in expected:
+            np.testing.assert_array_equal(grads[key], expected[key], err_msg=key)
+        np.testing.assert_array_equal(net.predict(x), copying.predict(x))
+        np.testing.assert_array_equal(net.predict(x, train=True), copying.predict(x, train=True))
+        assert net.evaluate(x, t) == copying.evaluate(x, t)
+        for n in (net, copying):
+            n.param_buffer -= 0.1 * n.grad_buffer
+    np.testing.assert_array_equal(x, x_before)
