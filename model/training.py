@@ -123,10 +123,11 @@ def _epochs(
                     net.backprop(x_train[batch], t_train[batch])
                     optimizer.update(params, grads)
 
-            train_loss, train_acc = net.evaluate(x_train, t_train)
-            record = {"train_acc": train_acc, "train_loss": train_loss}
-            if test is not None:
-                record["test_acc"] = net.accuracy(*test)
+            with net.inference():  # both splits with one folding of batchnorm
+                train_loss, train_acc = net.evaluate(x_train, t_train)
+                record = {"train_acc": train_acc, "train_loss": train_loss}
+                if test is not None:
+                    record["test_acc"] = net.accuracy(*test)
         yield epoch, record
 
 

@@ -120,6 +120,33 @@ def test_network_inference_equals_layer_by_layer_inference():
     np.testing.assert_allclose(net.predict(x, train=False), layerwise, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("use_batchnorm", [True, False])
+def test_inference_block_folds_once_with_the_same_numbers(use_batchnorm, monkeypatch):
+    """Inside ``net.inference()`` every inference pass reuses the folding made on entry: ``predict``, ``evaluate`` and
+    ``accuracy`` give the very numbers they give outside, bit for bit, batchnorm's scale and shift are computed
+    once per layer, and the folding is dropped on leaving (also by an exception)."""
+    rng = np.random.default_rng(5)
+    net = MultiLayerNet(8, [6, 5], 3, use_batchnorm=use_batchnorm, rng=rng)
+    x, t = rng.normal(size=(20, 8)), rng.integers(0, 3, 20)
+    for start in (0, 10):
+        net.backprop(x[start : start + 10], t[start : start + 10])
+        net.param_buffer -= 0.1 * net.grad_buffer
+    outside = (net.predict(x), net.evaluate(x, t), net.accuracy(x[:7], t[:7]))
+    calls = []
+    original = BatchNormalization.inference_scale_shift
+    monkeypatch.setattr(BatchNormalization, "inference_scale_shift", lambda bn: calls.append(bn) or original(bn))
+    with net.inference() as same:
+        assert same is net
+        inside = (net.predict(x), net.evaluate(x, t), net.accuracy(x[:7], t[:7]))
+    np.testing.assert_array_equal(inside[0], outside[0])
+    assert inside[1:] == outside[1:]
+    assert len(calls) == (2 if use_batchnorm else 0)  # once per batchnorm layer, for three passes
+    with pytest.raises(RuntimeError), net.inference():
+        raise RuntimeError
+    net.params["W1"] *= 2.0  # outside a block, a pass folds the current parameters
+    assert not np.array_equal(net.predict(x), outside[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtype_is_kept(dtype):
     bn = BatchNormalization(np.ones(3, dtype), np.zeros(3, dtype))
