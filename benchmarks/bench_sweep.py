@@ -78,6 +78,14 @@ def grid_args(seeds: int, *, weight_scales: str | None = None, epochs: int | Non
     return out
 
 
+def with_next_seed(args: list[str]) -> list[str]:
+    """The same ``pipeline.sweep`` options with one more seed (``--seeds 0-N`` -> ``--seeds 0-(N+1)``): a user coming
+    back to a store to add a seed."""
+    i = args.index("--seeds") + 1
+    first, _, last = args[i].partition("-")
+    return [*args[:i], f"{first}-{int(last or first) + 1}", *args[i + 1:]]
+
+
 def sweep_grid(args: list[str]) -> tuple[argparse.Namespace, dict, list[dict]]:
     """``(parsed sweep args, trial base, trial configs)`` exactly as ``python -m pipeline.sweep ARGS`` plans."""
     from pipeline.sweep import build_parser, trial_grid

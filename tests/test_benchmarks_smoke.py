@@ -134,6 +134,11 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert rep["sweep"]["mlflow"]["statuses"] == {"FINISHED": 4}
     assert rep["sweep"]["trials_run"] == 4
     assert rep["sweep"]["ray_ready_s"] < rep["sweep"]["sweep_total_s"] < rep["sweep"]["wall_s"]
+    added = rep["sweep"]["add_seed"]  # the same command with one more seed, on the same store: only the new trials
+    assert added["trials_run"] == 4 and added["mlflow"]["statuses"] == {"FINISHED": 8}
+    assert added["ray_ready_s"] < added["sweep_total_s"] < added["wall_s"]
+    assert grid["summary"]["add_seed_ray_ready_median_s"] == added["ray_ready_s"]
+    assert "with one more seed" in table
     assert rep["tune_reuse_mlflow"]["trials"] == 4 and rep["tune_reuse_mlflow"]["errors"] == 0
     assert rep["pool"]["trials"] == 4
     assert all(0 <= rep[name]["host_steal"] < 1 for name in ("sweep", "pool", "tune_reuse_mlflow"))
