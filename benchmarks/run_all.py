@@ -485,8 +485,8 @@ def table(results: dict) -> str:
                      f"{s['sweep_total_median_s']:.1f} s, Ray and data ready after {s['ray_ready_median_s']:.1f} s)"
                      f" -> efficiency {s['efficiency']:.2f}, {s['efficiency_excl_startup']:.2f} without start-up")
         if "add_seed_trials" in s:
-            lines.append(f"  the same command with one more seed, on the store it filled ({s['add_seed_trials']} new "
-                         f"trials): wall {s['add_seed_wall_median_s']:.1f} s, Ray and the plan ready after "
+            lines.append(f"  the same command with one more seed, on the store it filled ({s['add_seed_trials']} "
+                         f"trials run): wall {s['add_seed_wall_median_s']:.1f} s, Ray and the plan ready after "
                          f"{s['add_seed_ray_ready_median_s']:.1f} s")
         if "drift_factor" in s:
             lines.append(f"  the machine around each sweep (a probe of every {DRIFT_PROBE_EVERY}th trial, alone, right "
