@@ -275,14 +275,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         cpus = cluster.connect(args.address, args.workers)  # a Ctrl-C meanwhile is acted on once it returns
         early = None
-        if new_store:
-            # Nothing is recorded yet, so the grid's trials will run: the first ones start now, while the preparer
-            # imports MLflow and creates the store (a second or two), the next ones as they end, and all are claimed
-            # once it has.
-            while not data_ready.is_set() and preparer.is_alive() and not stop.is_set():
-                data_ready.wait(0.1)
-            if data_ready.is_set() and not stop.is_set():
-                early = _start_first(prepared["data"], grid, keys, args.workers or cpus)
+        # Until the plan is made (MLflow's import, and the store's schema or a read of its runs: a second or two),
+        # the workers train the grid's trials in the order the plan most likely runs them: on a new store all of them
+        # run, so from the first; on a store that exists from the last, since seeds are added at the grid's end and
+        # an interrupted sweep left its last trials. The next ones start as these end; the plan claims those it runs
+        # and cancels the rest (their work is lost, no run is written).
+        while not data_ready.is_set() and preparer.is_alive() and not stop.is_set():
+            data_ready.wait(0.1)
+        if data_ready.is_set() and preparer.is_alive() and not stop.is_set():
+            order = range(len(grid)) if new_store else range(len(grid) - 1, -1, -1)
+            early = _start_first(prepared["data"], grid, keys, list(order), args.workers or cpus)
         first_started = time.perf_counter() if early else None
         while preparer.is_alive() and not stop.is_set():
             if early and early.running:  # keep the workers busy with the grid's next trials until the plan is made
@@ -444,39 +446,40 @@ class Started:
     reference they got."""
 
     data_ref: object
-    tasks: list  # (generator, config, key), in grid order
+    order: list[int]  # the grid's indices in the order they start
+    tasks: list = field(default_factory=list)  # (generator, config, key), in that order
     running: list = field(default_factory=list)  # the generators of those not yet complete
 
 
-def _start_first(data: tuple, grid: list[dict], keys: list[str], workers: int) -> Started:
-    """Put the data into Ray's object store and start the grid's first ``workers`` trials (for a new store, whose
-    plan can only be to run them all); :func:`_sweep` claims them, or cancels those the plan leaves out."""
+def _start_first(data: tuple, grid: list[dict], keys: list[str], order: list[int], workers: int) -> Started:
+    """Put the data into Ray's object store and start ``workers`` trials of the grid, its indices taken in ``order``;
+    :func:`_sweep` claims them, or cancels those the plan leaves out."""
     import ray
 
-    data_ref = ray.put(data)
-    early = Started(data_ref, [])
-    for _ in range(min(workers, len(grid))):
+    early = Started(ray.put(data), order)
+    for _ in range(min(workers, len(order))):
         _start_one(early, grid, keys)
     return early
 
 
 def _start_one(early: Started, grid: list[dict], keys: list[str]) -> None:
-    """Start the grid's next trial not yet started (streaming one item per epoch, as :func:`_sweep` expects of
-    a trial it did not start itself)."""
+    """Start the next trial of ``early.order`` not yet started (streaming one item per epoch, as :func:`_sweep`
+    expects of a trial it did not start itself)."""
     from pipeline.tasks import train_trial
 
-    i = len(early.tasks)
+    i = early.order[len(early.tasks)]
     gen = train_trial.remote(grid[i], early.data_ref, 1)
     early.tasks.append((gen, grid[i], keys[i]))
     early.running.append(gen)
 
 
 def _start_next(early: Started, grid: list[dict], keys: list[str], timeout: float) -> None:
-    """Wait up to ``timeout`` s for started trials to end, and start the grid's next trial in the place of each.
+    """Wait up to ``timeout`` s for started trials to end, and start the next one of ``early.order`` in the place of
+    each.
 
-    The plan of a new store waits for MLflow's import and the store's schema: about 2 s after the first trials
-    start, longer than many a trial takes (one that diverges ends within 0.1 s). Without this its worker would
-    sit idle until then."""
+    The plan waits for MLflow's import and the store's schema or a read of its runs: about 1-2 s after the first
+    trials start, longer than many a trial takes (one that diverges ends within 0.1 s). Without this its worker
+    would sit idle until then."""
     import ray
 
     refs = {gen.completed(): gen for gen in early.running}
@@ -485,7 +488,7 @@ def _start_next(early: Started, grid: list[dict], keys: list[str], timeout: floa
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
     for ref in ready:
         early.running.remove(refs[ref])
-        if len(early.tasks) < len(grid):
+        if len(early.tasks) < len(early.order):
             _start_one(early, grid, keys)
 
 
@@ -514,8 +517,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     if plan.running_elsewhere:
         _say(f"{plan.running_elsewhere} trial(s) are RUNNING in another live sweep; left to it.")
     ui = store.mlflow_ui_command(uri, exp_id)
-    # The trials started before the plan: those it runs are claimed first, the rest (a sweep that created the store
-    # meanwhile has them) are cancelled.
+    # The trials started before the plan: those it runs are claimed first, the rest (already FINISHED, or another
+    # sweep has them) are cancelled.
     planned_keys = {key for _, key in todo}
     first = [(gen, config, key) for gen, config, key in (early.tasks if early else []) if key in planned_keys]
     for gen, _, key in early.tasks if early else []:

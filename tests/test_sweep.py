@@ -200,6 +200,19 @@ def test_two_sweeps_started_at_once_on_a_new_store_finish_every_trial_exactly_on
         assert n or "Nothing to run" in p.output, p.output
 
 
+def measured_before_the_plan(uri: str, runs: list) -> int:
+    """How many of ``runs`` (trials of one epoch, each with both epochs logged) measured their first epoch before
+    the first of them was created, that is before the sweep had made its plan."""
+    client = MlflowClient(uri)
+    first_run_created = min(r.info.start_time for r in runs)
+    count = 0
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "train_acc")
+        assert sorted(m.step for m in history) == [0, 1]
+        count += min(m.timestamp for m in history) < first_run_created
+    return count
+
+
 def test_on_a_new_store_the_workers_train_the_next_trials_while_the_plan_is_made(fashion_mnist_dir, tmp_path):
     """A new store's plan waits for MLflow's import and the store's schema (seconds). The first trials start before
     it, and each one that ends hands its worker the grid's next trial: with trials of a few milliseconds, more than
@@ -213,14 +226,38 @@ def test_on_a_new_store_the_workers_train_the_next_trials_while_the_plan_is_made
     assert out.returncode == 0, out.stderr
     runs = trial_runs(uri, "busy")
     assert len(runs) == 20 and set(finished_counts(uri, "busy").values()) == {1}
-    client = MlflowClient(uri)
-    first_run_created = min(r.info.start_time for r in runs)
-    measured_before = 0
-    for run in runs:
-        history = client.get_metric_history(run.info.run_id, "train_acc")
-        assert sorted(m.step for m in history) == [0, 1]
-        measured_before += min(m.timestamp for m in history) < first_run_created
+    measured_before = measured_before_the_plan(uri, runs)
     assert measured_before > 2, f"only {measured_before} trials ran before the plan: the workers waited for it"
+
+
+def test_on_a_store_that_exists_the_workers_train_the_grids_last_trials_while_the_plan_is_made(
+        fashion_mnist_dir, tmp_path):
+    """On a store that exists the plan waits for MLflow's import and a read of the store's runs. Meanwhile the
+    workers train the grid's trials from its end, where added seeds are: those the plan runs are claimed and keep
+    what they measured, those already FINISHED are cancelled and write nothing, so every trial is recorded exactly
+    once; a complete grid starts some too, cancels them all, and says there is nothing to run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
+            "--epochs", "1", "--train-size", "100", "--test-size", "100", "--workers", "2",
+            "--tracking-uri", uri, "--experiment", "more"]
+    first = run_sweep(*args, "--seeds", "0-1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {r.info.run_id for r in trial_runs(uri, "more")}
+    assert len(before) == 8
+
+    more = run_sweep(*args, "--seeds", "0-4", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "8 already FINISHED, 12 to run" in more.stderr
+    runs = trial_runs(uri, "more")
+    assert len(runs) == 20 and set(finished_counts(uri, "more").values()) == {1}
+    new = [r for r in runs if r.info.run_id not in before]
+    assert {int(r.data.params["seed"]) for r in new} == {2, 3, 4}
+    measured_before = measured_before_the_plan(uri, new)
+    assert measured_before > 2, f"only {measured_before} trials ran before the plan: the workers waited for it"
+
+    again = run_sweep(*args, "--seeds", "0-4", cwd=tmp_path)
+    assert again.returncode == 0 and "Nothing to run: all 20 trials" in again.stderr, again.stderr
+    assert len(trial_runs(uri, "more")) == 20
 
 
 GC_PROBE = """
