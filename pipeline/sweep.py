@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # Ray starts at once, and the preparer imports MLflow and plans beside it: asking MLflow first what is left to
     # run would put MLflow's import (about 1.4 s) before Ray's start-up in every sweep that adds seeds to a store. A
-    # grid already complete then starts Ray for nothing (its "Nothing to run" comes about 1 s later: 3.2 s, not 2.2).
+    # grid already complete then starts Ray, and a trial per worker, for nothing ("Nothing to run" at 3.5 s, not 2.2).
     new_store = not store.store_exists(uri)
 
     # From here on Ctrl-C (and SIGTERM) only set `stop`, and the driver acts on it at its next step. Raised at

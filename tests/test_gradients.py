@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model import MultiLayerNet
-from model.layers import BatchNormalization, Relu
+from model.layers import BatchNormalization, Relu, Sigmoid
 
 H = 1e-3  # step of the fourth-order central difference below
 RELU_MARGIN = 0.05  # ReLU inputs at least this far from the kink: a 2*H step of any parameter cannot cross it
@@ -188,8 +188,6 @@ def test_the_shared_ones_vector_cannot_be_changed():
 
 def _layer_pair(kind: str, rng: np.random.Generator):
     """The same layer twice, without and with ``inplace`` (batchnorm with equal, separate parameters)."""
-    from model.layers import Sigmoid
-
     if kind == "batchnorm":
         gamma, beta = rng.uniform(0.5, 2.0, 5), rng.standard_normal(5)
         return (BatchNormalization(gamma.copy(), beta.copy()),
