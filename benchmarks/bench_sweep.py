@@ -204,10 +204,31 @@ class TreeSampler:
                 "cpu_s": {k: round(v, 1) for k, v in cpu.items()}, "interval_s": self.interval}
 
 
+def proc_stat_ticks() -> list[int]:
+    """The machine's CPU ticks since boot, all CPUs together, as ``/proc/stat``'s first line gives them (user, nice,
+    system, idle, iowait, irq, softirq, steal); an empty list where there is none."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def machine_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of all the machine's CPUs since boot, by what they did: ``busy`` (user, nice, system, irq,
+    softirq), ``idle`` (idle, iowait) and ``steal`` (given by the hypervisor to other guests); zeros without
+    ``/proc/stat``."""
+    ticks = proc_stat_ticks() + [0] * 8
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"busy": (sum(ticks[0:3]) + ticks[5] + ticks[6]) / hz, "idle": (ticks[3] + ticks[4]) / hz,
+            "steal": ticks[7] / hz}
+
+
 def run_timed(cmd: list[str], *, cwd: Path, env: dict, log_path: Path, timeout: float = 3600,
               sample_memory: bool = True) -> dict:
-    """Run ``cmd``; returns ``{"wall_s", "returncode", "output", "memory"}`` (output: stdout+stderr text)."""
+    """Run ``cmd``; returns ``{"wall_s", "returncode", "output", "memory", "machine_cpu_s"}`` (output: stdout+stderr
+    text; ``machine_cpu_s``: :func:`machine_cpu_seconds` spent by the whole machine meanwhile, and its ``cpus``)."""
     with open(log_path, "w") as log:
+        machine_before = machine_cpu_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         sampler = TreeSampler(proc.pid) if sample_memory else None
@@ -223,9 +244,10 @@ def run_timed(cmd: list[str], *, cwd: Path, env: dict, log_path: Path, timeout: 
             if sampler:
                 sampler.__exit__(None, None, None)
         wall = time.perf_counter() - t0
+        machine = {k: v - machine_before[k] for k, v in machine_cpu_seconds().items()}
     output = log_path.read_text(errors="replace")
     return {"wall_s": wall, "returncode": proc.returncode, "output": output,
-            "memory": sampler.result() if sampler else None}
+            "memory": sampler.result() if sampler else None, "machine_cpu_s": {**machine, "cpus": os.cpu_count()}}
 
 
 def bench_env(**extra: str) -> dict[str, str]:
@@ -301,7 +323,8 @@ def run_sweep(sweep_args: list[str], workers: int, tmp: Path, *, timeout: float 
     return {"wall_s": res["wall_s"], "sweep_total_s": total, "ray_ready_s": ready, "trials_run": int(match["ran"]),
             "trials_compute_s": computed, "mlflow_s": float(mlflow["s"]), "mlflow_ms_per_trial": float(mlflow["ms"]),
             "orchestration_efficiency": computed / int(match["workers"]) / (total - ready),
-            "returncode": res["returncode"], "memory": res["memory"], "mlflow": runs,
+            "returncode": res["returncode"], "memory": res["memory"], "machine_cpu_s": res["machine_cpu_s"],
+            "mlflow": runs,
             "output_tail": tail(res["output"], 3)}
 
 

@@ -68,10 +68,9 @@ def cpu_ticks() -> tuple[int, int]:
     Stolen ticks are those the hypervisor gave to other guests while this machine wanted to run: on a shared
     host they slow every measurement down, whatever runs here, so each section and grid run records its share.
     """
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return 0, 0
+    from benchmarks.bench_sweep import proc_stat_ticks
+
+    fields = proc_stat_ticks()
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
@@ -259,6 +258,7 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                     # What the trials cost beside each other: their compute summed inside the sweep's tasks
                     # against the same trials computed one at a time in this process.
                     run["slowdown_vs_alone"] = run["trials_compute_s"] / compute_sum
+                    run["cpu_budget"] = cpu_budget(run, compute_cpu_sum, workers)
                 else:
                     kind, reuse, mlflow = PEERS[name]
                     run = bench_peers.run_peer(kind, sweep_args, where, workers=workers, reuse_actors=reuse,
@@ -329,6 +329,9 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         "orchestration_efficiency": _median(s["orchestration_efficiency"] for s in sweeps),
         "slowdown_in_sweep": _median(s["slowdown_vs_alone"] for s in sweeps),
         "sweep_mlflow_ms_per_trial": _median(s["mlflow_ms_per_trial"] for s in sweeps),
+        "sweep_cpu_budget": {k: _median(s["cpu_budget"].get(k) for s in sweeps)
+                             for k in ("busy_core_s", "idle_core_s", "busy_fraction", "trials_alone_cpu_s",
+                                       "beyond_trials_cpu_s", "outside_sweep_cpu_s", "efficiency_bound_cpu_work")},
     }
     pools = [r["pool"] for r in repetitions if "pool" in r]
     if pools:
@@ -340,6 +343,35 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
     per_trial_cpu = list(zip(*(c["cpu_times_s"] for c in computes), strict=True))
     return {"summary": summary, "compute_times_s": [statistics.median(t) for t in per_trial],
             "compute_cpu_times_s": [statistics.median(t) for t in per_trial_cpu], "repetitions": repetitions}
+
+
+def cpu_budget(run: dict, trials_cpu_s: float, workers: int) -> dict:
+    """Where the machine's CPU time went while a sweep ran (``run``: :func:`bench_sweep.run_sweep`'s result), against
+    ``trials_cpu_s``, the CPU time its trials take computed one at a time in this process.
+
+    - ``busy_core_s`` / ``idle_core_s`` / ``steal_core_s``: all CPUs of the machine from the sweep's start to its
+      exit (``/proc/stat``); ``busy_fraction`` = busy / (busy + idle + steal);
+    - ``beyond_trials_cpu_s`` = busy - ``trials_cpu_s``: everything besides the trials' own arithmetic: the driver,
+      Ray's daemons, the Ray workers beyond that arithmetic (their start-up, and the trials computing slower beside
+      the rest), this benchmark's sampler, the kernel;
+    - ``outside_sweep_cpu_s`` = busy - the CPU the sampler saw in the sweep's process tree (driver, workers, Ray's
+      daemons; ``memory.cpu_s``): the sampler itself, the kernel, other processes, and what the tree's sampling
+      missed (each process's last half second);
+    - ``efficiency_bound_cpu_work`` (only where the workers fill the machine, one per CPU): the efficiency the sweep
+      would reach if no CPU were ever idle: ``trials_cpu_s / busy``. Its efficiency against the CPU ideal is this
+      bound times ``busy_fraction`` (up to ticks): a busy fraction near 1 means the sweep waits for nothing, so
+      only less CPU work beside the trials can raise its efficiency.
+    """
+    machine = run["machine_cpu_s"]
+    busy, idle, steal = machine["busy"], machine["idle"], machine["steal"]
+    tree = sum(run["memory"]["cpu_s"].values())
+    budget = {"busy_core_s": busy, "idle_core_s": idle, "steal_core_s": steal,
+              "busy_fraction": busy / (busy + idle + steal) if busy > 0 else None,
+              "trials_alone_cpu_s": trials_cpu_s, "beyond_trials_cpu_s": busy - trials_cpu_s,
+              "outside_sweep_cpu_s": busy - tree}
+    if machine["cpus"] == workers and busy > 0:
+        budget["efficiency_bound_cpu_work"] = trials_cpu_s / busy
+    return budget
 
 
 def add_floors_bound(results: dict) -> None:
@@ -434,6 +466,10 @@ def ratios(results: dict) -> dict[str, float]:
                     "efficiency_bound_floors", "orchestration_efficiency"):
             if key in s:
                 out["sweep_" + key] = s[key]
+        budget = s.get("sweep_cpu_budget", {})
+        for key in ("busy_fraction", "efficiency_bound_cpu_work"):
+            if budget.get(key):
+                out["sweep_" + key] = budget[key]
         out.update({k: v for k, v in s["ratios"].items() if v is not None})
     trial_s = default_trial_seconds(results) or (
         results["grid"]["summary"]["compute_median_s"] if results.get("grid") else None)
@@ -516,6 +552,16 @@ def table(results: dict) -> str:
                      f"{s['compute_median_s']:.2f} s alone); CPU seconds during the sweep: driver "
                      f"{cpu.get('driver', 0):.1f}, Ray workers {cpu.get('workers', 0):.1f}, Ray daemons "
                      f"{cpu.get('others', 0):.1f}")
+        budget = s.get("sweep_cpu_budget", {})
+        if budget.get("busy_fraction") is not None:
+            lines.append(f"  the machine's CPUs were busy {100 * budget['busy_fraction']:.1f} % of the sweep's wall "
+                         f"(idle {budget['idle_core_s']:.1f} core-s): {budget['busy_core_s']:.1f} busy core-s, "
+                         f"of which the trials alone need {budget['trials_alone_cpu_s']:.1f} and the rest "
+                         f"{budget['beyond_trials_cpu_s']:.1f} (the CPU seconds above, less the trials' own; "
+                         f"{budget['outside_sweep_cpu_s']:.1f} outside the sweep's processes)")
+        if budget.get("efficiency_bound_cpu_work") is not None:
+            lines.append(f"  -> with no CPU ever idle the sweep's CPU work caps its efficiency at "
+                         f"{budget['efficiency_bound_cpu_work']:.2f}")
         if "sweep_mlflow_ms_per_trial" in s:
             lines.append(f"  the sweep's driver spent {s['sweep_mlflow_ms_per_trial']:.1f} ms per trial in MLflow "
                          "calls (wall time, the CPUs shared with the workers)")

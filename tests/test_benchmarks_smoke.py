@@ -28,6 +28,19 @@ def test_cpu_ticks_count_the_time_spent_here_and_the_stolen_share_is_part_of_it(
     assert 0 <= run_all.steal_since(before) <= 1
 
 
+def test_machine_cpu_seconds_count_this_process_busy_and_add_up_to_the_cpus_wall_time():
+    from benchmarks.bench_sweep import machine_cpu_seconds
+
+    before, t0 = machine_cpu_seconds(), time.perf_counter()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # busy: at least 0.3 s of this CPU
+        pass
+    spent = {k: v - before[k] for k, v in machine_cpu_seconds().items()}
+    wall = time.perf_counter() - t0
+    assert spent["busy"] >= 0.25 and spent["idle"] >= 0 and spent["steal"] >= 0
+    assert sum(spent.values()) == pytest.approx(os.cpu_count() * wall, rel=0.1, abs=0.05)
+
+
 def test_trial_profile_splits_a_trial_by_layer_kind_and_leaves_the_model_as_it_was():
     import numpy as np
 
@@ -148,6 +161,23 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert rep["sweep"]["efficiency"] == pytest.approx(compute["ideal_s"] / rep["sweep"]["wall_s"])
     assert rep["sweep"]["slowdown_vs_alone"] == pytest.approx(rep["sweep"]["trials_compute_s"] / compute["sum_s"])
     assert grid["summary"]["sweep_cpu_s"]["workers"] > 0 and grid["summary"]["sweep_cpu_s"]["driver"] > 0
+    # the machine's CPU time over the sweep: all CPUs' wall time, split into busy, idle and stolen
+    machine, budget = rep["sweep"]["machine_cpu_s"], rep["sweep"]["cpu_budget"]
+    assert machine["busy"] + machine["idle"] + machine["steal"] == pytest.approx(
+        machine["cpus"] * rep["sweep"]["wall_s"], rel=0.05)
+    assert budget["busy_core_s"] == machine["busy"] and 0 < budget["busy_fraction"] <= 1
+    assert budget["beyond_trials_cpu_s"] == pytest.approx(machine["busy"] - compute["cpu_sum_s"])
+    assert budget["outside_sweep_cpu_s"] == pytest.approx(
+        machine["busy"] - sum(rep["sweep"]["memory"]["cpu_s"].values()))
+    if machine["cpus"] == 2:  # the workers fill the machine: its efficiency is its CPU work's share x busy share
+        assert budget["efficiency_bound_cpu_work"] == pytest.approx(compute["cpu_sum_s"] / machine["busy"])
+        assert rep["sweep"]["efficiency_vs_cpu_ideal"] == pytest.approx(
+            budget["efficiency_bound_cpu_work"] * budget["busy_fraction"], rel=0.05)
+        assert "sweep_efficiency_bound_cpu_work" in result["ratios"]
+    else:
+        assert "efficiency_bound_cpu_work" not in budget
+    assert grid["summary"]["sweep_cpu_budget"]["busy_core_s"] == budget["busy_core_s"]
+    assert "CPUs were busy" in table
     fixed = rep["ray_fixed"]
     assert 0 < fixed["init_s"] < fixed["wall_s"] and fixed["shutdown_s"] > 0 and fixed["first_tasks_s"] > 0
     assert 0 < grid["summary"]["efficiency_bound_ray_fixed"] < 1
