@@ -129,12 +129,22 @@ def compute_times(grid: list[dict], data: tuple) -> tuple[list[float], list[floa
 # ------------------------------------------------------------------------------------------- process trees
 
 
+#: Ray's per-node agents (Ray 2.60) also take a ``ray::`` process title, but are daemons, not workers.
+RAY_AGENT_TITLES = frozenset({"ray::DashboardAgent", "ray::RuntimeEnvAgent"})
+
+
+def is_ray_worker(title: str) -> bool:
+    """Whether a process title is a Ray worker's: ``ray::IDLE``, ``ray::train_trial``, ``ray::ImplicitFunc``...,
+    but not one of Ray's agents."""
+    return title.startswith("ray::") and title not in RAY_AGENT_TITLES
+
+
 class TreeSampler:
     """Samples the RSS of a process and all its descendants every ``interval`` seconds (in a thread).
 
-    Ray workers are the processes whose title starts with ``ray::`` (``ray::IDLE``, ``ray::train_trial``,
-    ``ray::ImplicitFunc``...); everything else below the root (``others``) is Ray's own daemons (GCS, raylet,
-    agents) or, for a process pool, its workers.
+    Ray workers are the processes :func:`is_ray_worker` says are; everything else below the root (``others``) is
+    Ray's own daemons (GCS, raylet, agents) or, for a process pool, its workers. (Until 2026-11-28 the agents,
+    whose titles also start with ``ray::``, counted as workers: about 1 CPU-s of start-up, and two processes.)
     Peaks are in MB (10^6 bytes).
     """
 
@@ -175,7 +185,7 @@ class TreeSampler:
             if proc.pid == self.pid:
                 driver = rss
                 kind = "driver"
-            elif title.startswith("ray::") or self._cpu.get(proc.pid, ("",))[0] == "workers":
+            elif is_ray_worker(title) or self._cpu.get(proc.pid, ("",))[0] == "workers":
                 # (once a worker, always: an exiting worker's title is gone by the last samples)
                 workers_total += rss
                 worker_max = max(worker_max, rss)

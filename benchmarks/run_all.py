@@ -331,7 +331,8 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         "sweep_mlflow_ms_per_trial": _median(s["mlflow_ms_per_trial"] for s in sweeps),
         "sweep_cpu_budget": {k: _median(s["cpu_budget"].get(k) for s in sweeps)
                              for k in ("busy_core_s", "idle_core_s", "busy_fraction", "trials_alone_cpu_s",
-                                       "beyond_trials_cpu_s", "outside_sweep_cpu_s", "efficiency_bound_cpu_work")},
+                                       "beyond_trials_cpu_s", "outside_sweep_cpu_s", "workers_beyond_trials_cpu_s",
+                                       "efficiency_bound_cpu_work")},
     }
     pools = [r["pool"] for r in repetitions if "pool" in r]
     if pools:
@@ -357,6 +358,9 @@ def cpu_budget(run: dict, trials_cpu_s: float, workers: int) -> dict:
     - ``outside_sweep_cpu_s`` = busy - the CPU the sampler saw in the sweep's process tree (driver, workers, Ray's
       daemons; ``memory.cpu_s``): the sampler itself, the kernel, other processes, and what the tree's sampling
       missed (each process's last half second);
+    - ``workers_beyond_trials_cpu_s`` = the Ray workers' CPU - ``trials_cpu_s``: their start-up, Ray's work in them,
+      and the trials computing slower beside the rest. With the driver's and the daemons' ``memory.cpu_s`` and
+      ``outside_sweep_cpu_s`` it adds up to ``beyond_trials_cpu_s``;
     - ``efficiency_bound_cpu_work`` (only where the workers fill the machine, one per CPU): the efficiency the sweep
       would reach if no CPU were ever idle: ``trials_cpu_s / busy``. Its efficiency against the CPU ideal is this
       bound times ``busy_fraction`` (up to ticks): a busy fraction near 1 means the sweep waits for nothing, so
@@ -368,7 +372,8 @@ def cpu_budget(run: dict, trials_cpu_s: float, workers: int) -> dict:
     budget = {"busy_core_s": busy, "idle_core_s": idle, "steal_core_s": steal,
               "busy_fraction": busy / (busy + idle + steal) if busy > 0 else None,
               "trials_alone_cpu_s": trials_cpu_s, "beyond_trials_cpu_s": busy - trials_cpu_s,
-              "outside_sweep_cpu_s": busy - tree}
+              "outside_sweep_cpu_s": busy - tree,
+              "workers_beyond_trials_cpu_s": run["memory"]["cpu_s"]["workers"] - trials_cpu_s}
     if machine["cpus"] == workers and busy > 0:
         budget["efficiency_bound_cpu_work"] = trials_cpu_s / busy
     return budget
@@ -557,8 +562,9 @@ def table(results: dict) -> str:
             lines.append(f"  the machine's CPUs were busy {100 * budget['busy_fraction']:.1f} % of the sweep's wall "
                          f"(idle {budget['idle_core_s']:.1f} core-s): {budget['busy_core_s']:.1f} busy core-s, "
                          f"of which the trials alone need {budget['trials_alone_cpu_s']:.1f} and the rest "
-                         f"{budget['beyond_trials_cpu_s']:.1f} (the CPU seconds above, less the trials' own; "
-                         f"{budget['outside_sweep_cpu_s']:.1f} outside the sweep's processes)")
+                         f"{budget['beyond_trials_cpu_s']:.1f} (of those, medians: the Ray workers beyond the "
+                         f"trials' own {budget['workers_beyond_trials_cpu_s']:.1f}, outside the sweep's processes "
+                         f"{budget['outside_sweep_cpu_s']:.1f}; the driver and the daemons as above)")
         if budget.get("efficiency_bound_cpu_work") is not None:
             lines.append(f"  -> with no CPU ever idle the sweep's CPU work caps its efficiency at "
                          f"{budget['efficiency_bound_cpu_work']:.2f}")

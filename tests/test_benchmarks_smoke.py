@@ -41,6 +41,14 @@ def test_machine_cpu_seconds_count_this_process_busy_and_add_up_to_the_cpus_wall
     assert sum(spent.values()) == pytest.approx(os.cpu_count() * wall, rel=0.1, abs=0.05)
 
 
+def test_ray_workers_are_told_from_rays_agents_by_their_process_titles():
+    from benchmarks.bench_sweep import is_ray_worker
+
+    assert is_ray_worker("ray::IDLE") and is_ray_worker("ray::train_trial") and is_ray_worker("ray::ImplicitFunc")
+    assert not is_ray_worker("ray::DashboardAgent") and not is_ray_worker("ray::RuntimeEnvAgent")
+    assert not is_ray_worker("/usr/bin/python") and not is_ray_worker("raylet")
+
+
 def test_trial_profile_splits_a_trial_by_layer_kind_and_leaves_the_model_as_it_was():
     import numpy as np
 
@@ -161,6 +169,7 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert rep["sweep"]["efficiency"] == pytest.approx(compute["ideal_s"] / rep["sweep"]["wall_s"])
     assert rep["sweep"]["slowdown_vs_alone"] == pytest.approx(rep["sweep"]["trials_compute_s"] / compute["sum_s"])
     assert grid["summary"]["sweep_cpu_s"]["workers"] > 0 and grid["summary"]["sweep_cpu_s"]["driver"] > 0
+    assert rep["sweep"]["memory"]["max_worker_processes"] == 2  # one per worker: Ray's two agents are not workers
     # the machine's CPU time over the sweep: all CPUs' wall time, split into busy, idle and stolen
     machine, budget = rep["sweep"]["machine_cpu_s"], rep["sweep"]["cpu_budget"]
     assert machine["busy"] + machine["idle"] + machine["steal"] == pytest.approx(
@@ -169,6 +178,9 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert budget["beyond_trials_cpu_s"] == pytest.approx(machine["busy"] - compute["cpu_sum_s"])
     assert budget["outside_sweep_cpu_s"] == pytest.approx(
         machine["busy"] - sum(rep["sweep"]["memory"]["cpu_s"].values()))
+    tree = rep["sweep"]["memory"]["cpu_s"]
+    assert budget["beyond_trials_cpu_s"] == pytest.approx(
+        tree["driver"] + tree["others"] + budget["workers_beyond_trials_cpu_s"] + budget["outside_sweep_cpu_s"])
     if machine["cpus"] == 2:  # the workers fill the machine: its efficiency is its CPU work's share x busy share
         assert budget["efficiency_bound_cpu_work"] == pytest.approx(compute["cpu_sum_s"] / machine["busy"])
         assert rep["sweep"]["efficiency_vs_cpu_ideal"] == pytest.approx(
