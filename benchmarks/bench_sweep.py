@@ -143,8 +143,7 @@ class TreeSampler:
     """Samples the RSS of a process and all its descendants every ``interval`` seconds (in a thread).
 
     Ray workers are the processes :func:`is_ray_worker` says are; everything else below the root (``others``) is
-    Ray's own daemons (GCS, raylet, agents) or, for a process pool, its workers. (Until 2026-11-28 the agents,
-    whose titles also start with ``ray::``, counted as workers: about 1 CPU-s of start-up, and two processes.)
+    Ray's own daemons (GCS, raylet, agents) or, for a process pool, its workers.
     Peaks are in MB (10^6 bytes).
     """
 
