@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         # the workers train the grid's trials in the order the plan most likely runs them: on a new store all of them
         # run, so from the first; on a store that exists from the last, since seeds are added at the grid's end and
         # an interrupted sweep left its last trials. The next ones start as these end; the plan claims those it runs
-        # and cancels the rest (their work is lost, no run is written).
+        # and leaves the rest to end on their own, unrecorded (see _sweep's `leave`).
         while not data_ready.is_set() and preparer.is_alive() and not stop.is_set():
             data_ready.wait(0.1)
         if data_ready.is_set() and preparer.is_alive() and not stop.is_set():
@@ -453,7 +453,7 @@ class Started:
 
 def _start_first(data: tuple, grid: list[dict], keys: list[str], order: list[int], workers: int) -> Started:
     """Put the data into Ray's object store and start ``workers`` trials of the grid, its indices taken in ``order``;
-    :func:`_sweep` claims them, or cancels those the plan leaves out."""
+    :func:`_sweep` claims them, or leaves those the plan leaves out to end unrecorded."""
     import ray
 
     early = Started(ray.put(data), order)
@@ -497,7 +497,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     """Run the planned trials, at most ``--workers`` at once, streaming their epochs into MLflow.
 
     ``stop`` is set by Ctrl-C or SIGTERM (from before Ray started); the loop checks it between its steps. ``early``
-    are trials started before the plan: claimed first if the plan runs them, else cancelled."""
+    are trials started before the plan: claimed first if the plan runs them, else left to end unrecorded."""
     import ray
     from tqdm import tqdm
 
@@ -517,13 +517,24 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     if plan.running_elsewhere:
         _say(f"{plan.running_elsewhere} trial(s) are RUNNING in another live sweep; left to it.")
     ui = store.mlflow_ui_command(uri, exp_id)
-    # The trials started before the plan: those it runs are claimed first, the rest (already FINISHED, or another
-    # sweep has them) are cancelled.
+    # Tasks whose results the sweep does not want: trials started before the plan that it leaves out (already
+    # FINISHED, or another sweep has them), and trials whose claim another sweep won. Each keeps its worker until it
+    # ends on its own; what it measured is dropped, so it writes nothing. They are never cancelled: in Ray 2.60,
+    # ray.cancel of a generator task whose end is being reported crashes the driver ("Check failed: ... Tried to
+    # complete task that was not pending", task_manager.cc), and a trial that ends while the plan is made or a claim
+    # is checked is just such a task. What is left running when the sweep ends stops with Ray (a local instance is
+    # shut down; on a cluster, the driver's exit ends its job's tasks).
+    leftover: dict = {}  # gen.completed() -> gen
+
+    def leave(gen) -> None:
+        leftover[gen.completed()] = gen
+
+    # The trials started before the plan: those it runs are claimed first, the rest are left.
     planned_keys = {key for _, key in todo}
     first = [(gen, config, key) for gen, config, key in (early.tasks if early else []) if key in planned_keys]
     for gen, _, key in early.tasks if early else []:
         if key not in planned_keys:
-            ray.cancel(gen, force=True)
+            leave(gen)
     if not todo:
         what = (f"all {plan.total} trials of this grid are already FINISHED (or diverged)" if not plan.running_elsewhere
                 else "every trial of this grid is already FINISHED or running in another sweep")
@@ -569,7 +580,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         run_id, start_time = tracker.create_run(exp_id, run_name(config), tags)
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
         if tracking.winner(mine, rivals_of(key), args.orphan_timeout) is not None:
-            ray.cancel(gen, force=True)
+            leave(gen)
             tracker.delete_run(run_id)
             return None
         return Active(config, key, run_id, start_time, node_tagged=dict(node_tags))
@@ -593,12 +604,13 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             active[gen] = state
 
     def submit() -> None:
-        """Fill every free slot: submit the task first (a worker never waits for MLflow), then claim."""
+        """Fill every free slot (a left task holds its slot until it ends): submit the task first (a worker never
+        waits for MLflow), then claim."""
         while first and not stop.is_set():
             gen, config, key = first.pop(0)
             todo.remove((config, key))
             take(config, key, gen)
-        while todo and len(active) < workers and not stop.is_set():
+        while todo and len(active) + len(leftover) < workers and not stop.is_set():
             config, key = todo.popleft()
             take(config, key, train_trial.remote(config, data_ref, epochs_per_item()))
 
@@ -699,16 +711,19 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             if stop.is_set():
                 raise KeyboardInterrupt
             submit()
-            if active:
-                gens = list(active)
+            if active or leftover:
+                waiting = [*active, *leftover]  # the next item of a trial, or the end of a left task
                 timeout = min(1.0, max(0.0, check_due["at"] - time.monotonic()))
-                ready, _ = ray.wait(gens, num_returns=1, timeout=timeout)
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
                 if stop.is_set():
                     raise KeyboardInterrupt
                 if ready:  # take everything that is ready now, not one item per wake-up
-                    ready, _ = ray.wait(gens, num_returns=len(gens), timeout=0)
+                    ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                 ended = []
                 for gen in ready:
+                    if gen not in active:  # a left task ended: its slot is free
+                        del leftover[gen]
+                        continue
                     result = handle(gen, active[gen])
                     if result is not None:
                         ended.append((active.pop(gen), *result))
@@ -726,8 +741,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     except (KeyboardInterrupt, tracking.TrackingUnavailable) as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         bar.close()
-        for gen in active:
-            ray.cancel(gen, force=True)
+        # The tasks still running are not cancelled (see `leave`): they stop with Ray when the sweep ends, right
+        # after their runs are ended here, and what they measure meanwhile is never read.
         interrupted = isinstance(exc, KeyboardInterrupt)
         # Someone is waiting for the prompt: if the store is down, the runs are left to the next sweep (as orphans).
         tracker.stop = None
@@ -746,8 +761,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             ended = False
         resume = "python -m pipeline.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if interrupted:
-            unfinished = (f"{len(ours)} cancelled and ended KILLED" if ended else
-                          f"the unfinished ones cancelled; MLflow at {uri} is unavailable, so their runs stay "
+            unfinished = (f"{len(ours)} stopped and ended KILLED" if ended else
+                          f"the unfinished ones stopped; MLflow at {uri} is unavailable, so their runs stay "
                           "RUNNING until the next sweep ends them as orphans")
             _say(f"\nInterrupted: {outcome.finished} trial(s) finished, {unfinished}. "
                  f"Resume with the same command: {resume}")
@@ -776,7 +791,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         _say(f"  FAILED {line}")
     mlflow_seconds = tracker.seconds - mlflow_seconds_before
     ended = outcome.finished + outcome.failed + outcome.yielded
-    _say(f"MLflow calls took {mlflow_seconds:.1f} s of the driver ({1000 * mlflow_seconds / max(ended, 1):.1f} ms per "
+    _say(f"MLflow calls took {mlflow_seconds:.2f} s of the driver ({1000 * mlflow_seconds / max(ended, 1):.1f} ms per "
          "trial).")
     _say(f"Open the runs: {ui}")
     # A diverged trial is a result of the experiment (recorded FAILED with its reason), not a fault of the run.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -114,3 +116,46 @@ def wait_together(*sweeps: SweepProcess, timeout: float = 600) -> tuple[int, ...
     finally:
         for sweep in sweeps:
             sweep.kill()
+
+
+def trial_workers() -> list[psutil.Process]:
+    """Ray worker processes on this machine executing a trial right now (Ray titles them after the running task)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if cmd.startswith("ray::train_trial"):
+            found.append(proc)
+    return found
+
+
+def wait_no_trial_workers(timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s until no Ray worker executes a trial; those still at it then (empty: none)."""
+    deadline = time.monotonic() + timeout
+    while (left := trial_workers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+_PROBE_RUN = """
+import json as _json, runpy as _runpy, sys as _sys
+_sys.argv = ["pipeline.sweep", *_sys.argv[1:]]
+try:
+    _runpy.run_module("pipeline.sweep", run_name="__main__")
+finally:
+    print("PROBE_RESULT", _json.dumps({report}), file=_sys.stderr)
+"""
+
+
+def run_probed_sweep(setup: str, report: str, *args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, object]:
+    """Run ``python -m pipeline.sweep ARGS`` in a process that first runs ``setup`` (Python code that wraps what it
+    watches) and at the end prints the value of the expression ``report`` as JSON; the result and that value."""
+    probe = cwd / "sweep_probe.py"
+    probe.write_text(setup + _PROBE_RUN.format(report=report))
+    out = subprocess.run([sys.executable, str(probe), *args], cwd=cwd, env=sweep_env(), capture_output=True,
+                         text=True, timeout=600)
+    found = [line for line in out.stderr.splitlines() if line.startswith("PROBE_RESULT ")]
+    assert found, out.stderr
+    return out, json.loads(found[-1].split(" ", 1)[1])

@@ -9,7 +9,14 @@ import time
 import psutil
 from mlflow.tracking import MlflowClient
 
-from tests.sweep_helpers import FASHION_DIR, SweepProcess, finished_counts, run_sweep, trial_runs
+from tests.sweep_helpers import (
+    FASHION_DIR,
+    SweepProcess,
+    finished_counts,
+    run_sweep,
+    trial_runs,
+    trial_workers,
+)
 
 #: Trials long enough (a second or two each) to be caught in the middle.
 SLOW = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
@@ -25,16 +32,6 @@ def _wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def _trial_workers() -> list[psutil.Process]:
-    """Ray worker processes executing a trial right now (Ray titles them after the running task)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if cmd.startswith("ray::train_trial"):
-            found.append(proc)
-    return found
 
 
 def _assert_each_trial_finished_once_with_full_history(uri: str, experiment: str, n_trials: int, epochs: int):
@@ -57,7 +54,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_logged_exactly_once(fashion_mn
             """A worker whose trial has already sent epochs to MLflow."""
             running = trial_runs(uri, "kill-worker", ("RUNNING",))
             started = [r for r in running if client.get_metric_history(r.info.run_id, "train_acc")]
-            workers = _trial_workers()
+            workers = trial_workers()
             return workers[0] if started and workers else None
 
         _wait_for(streaming_worker, 120, "a trial to stream epochs").kill()

@@ -6,6 +6,7 @@ One topology serves the whole module (each test uses its own experiment); the no
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from tests.sweep_helpers import (
     finished_counts,
     run_sweep,
     trial_runs,
+    trial_workers,
+    wait_no_trial_workers,
     wait_together,
 )
 from tests.topology import free_port, full_topology
@@ -121,6 +124,29 @@ def test_unreachable_tracking_server_at_start_is_exit_2_before_any_training(topo
     assert f"tracking server {dead} is unreachable" in out.stderr
     assert time.monotonic() - started < 60
     assert "trials:" not in out.stderr, "no trial may start"
+
+
+def test_ctrl_c_on_the_cluster_stops_its_trials_on_both_nodes(topo, tmp_path):
+    """The sweep cancels no task (ray.cancel races with a task's end in Ray 2.60 and can crash the driver): at
+    Ctrl-C it ends its runs KILLED and leaves the cluster, and Ray ends the tasks of the driver's job on every node."""
+    endless = [*GRID, "--epochs", "1000"]  # trials of half a minute: they must be stopped, not just end meanwhile
+    sweep = SweepProcess(*_sweep_args(topo, "cluster-ctrl-c", endless), cwd=tmp_path, env=topo.ray.subprocess_env())
+    try:
+        sweep.wait_started()
+        deadline = time.monotonic() + 180
+        # one trial computing on each node, and their runs claimed
+        while len(trial_workers()) < 2 or len(trial_runs(topo.mlflow.url, "cluster-ctrl-c", ("RUNNING",))) < 2:
+            assert time.monotonic() < deadline and sweep.proc.poll() is None, sweep.output
+            time.sleep(0.05)
+        sweep.proc.send_signal(signal.SIGINT)
+        code = sweep.wait(120)
+    finally:
+        sweep.kill()
+    assert code == 130, sweep.output
+    assert not wait_no_trial_workers(5), "the trials of an interrupted sweep must stop on the cluster"
+    statuses = [r.info.status for r in trial_runs(topo.mlflow.url, "cluster-ctrl-c")]
+    assert "KILLED" in statuses and "RUNNING" not in statuses, statuses
+    assert len(topo.ray.alive_nodes()) == 2, "the cluster itself stays up"
 
 
 def test_second_node_killed_mid_sweep_its_trials_are_rescheduled(topo, tmp_path):
