@@ -39,12 +39,15 @@ TUNE_EXPERIMENT = "bench-tune"
 
 
 def tune_trainable(config: dict, data: tuple) -> None:
-    """One trial as a Tune function trainable: the same training as ``pipeline.tasks.train_trial``."""
+    """One trial as a Tune function trainable: the same training as ``pipeline.tasks.train_trial``, with the same
+    malloc settings (``pipeline.malloc``)."""
     from ray import tune
     from threadpoolctl import threadpool_limits
 
     from model.trial import iter_trial
+    from pipeline.malloc import keep_freed_memory
 
+    keep_freed_memory()
     start = time.perf_counter()
     with threadpool_limits(limits=1):
         for epoch, record in iter_trial(config, *data):

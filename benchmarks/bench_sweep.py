@@ -55,7 +55,8 @@ QUIET_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 _DONE_RE = re.compile(r"done in (?P<total>[0-9.]+) s \(Ray and data ready after (?P<ready>[0-9.]+) s; trials computed "
-                      r"(?P<computed>[0-9.]+) s on (?P<workers>\d+) workers\): (?P<ran>\d+) run")
+                      r"(?P<computed>[0-9.]+) s on (?P<workers>\d+) workers, (?P<cpu>[0-9.]+) CPU-s\): "
+                      r"(?P<ran>\d+) run")
 _MLFLOW_RE = re.compile(r"MLflow calls took (?P<s>[0-9.]+) s of the driver \((?P<ms>[0-9.]+) ms per trial\)")
 
 
@@ -108,9 +109,12 @@ def trial_compute_time(config: dict, data: tuple) -> float:
 
 def trial_compute_wall_cpu(config: dict, data: tuple) -> tuple[float, float]:
     """``(wall seconds, process CPU seconds)`` of one trial computed as the Ray task does it (one BLAS thread,
-    stopped at divergence). With one thread the CPU time is the compute time other processes cannot inflate."""
+    stopped at divergence, with its malloc settings). With one thread the CPU time is the compute time other
+    processes cannot inflate."""
     from model.trial import iter_trial
+    from pipeline.malloc import keep_freed_memory
 
+    keep_freed_memory()
     wall, cpu = time.perf_counter(), time.process_time()
     with threadpool_limits(limits=1):
         for _, record in iter_trial(config, *data):
@@ -330,7 +334,8 @@ def run_sweep(sweep_args: list[str], workers: int, tmp: Path, *, timeout: float 
     if not mlflow:
         raise RuntimeError(f"the sweep did not report its MLflow time: {tail(res['output'])}")
     return {"wall_s": res["wall_s"], "sweep_total_s": total, "ray_ready_s": ready, "trials_run": int(match["ran"]),
-            "trials_compute_s": computed, "mlflow_s": float(mlflow["s"]), "mlflow_ms_per_trial": float(mlflow["ms"]),
+            "trials_compute_s": computed, "trials_cpu_s": float(match["cpu"]),
+            "mlflow_s": float(mlflow["s"]), "mlflow_ms_per_trial": float(mlflow["ms"]),
             "orchestration_efficiency": computed / int(match["workers"]) / (total - ready),
             "returncode": res["returncode"], "memory": res["memory"], "machine_cpu_s": res["machine_cpu_s"],
             "mlflow": runs,

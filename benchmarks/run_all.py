@@ -258,6 +258,9 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
                     # What the trials cost beside each other: their compute summed inside the sweep's tasks
                     # against the same trials computed one at a time in this process.
                     run["slowdown_vs_alone"] = run["trials_compute_s"] / compute_sum
+                    # and their CPU time, which waiting for a CPU does not stretch: above 1, the trials did more
+                    # work inside the sweep's workers than alone
+                    run["cpu_slowdown_vs_alone"] = run["trials_cpu_s"] / compute_cpu_sum
                     run["cpu_budget"] = cpu_budget(run, compute_cpu_sum, workers)
                 else:
                     kind, reuse, mlflow = PEERS[name]
@@ -328,6 +331,7 @@ def section_grid(sweep_args: list[str], workers: int, reps: int, tune_reps: int,
         "sweep_trials_compute_median_s": _median(s["trials_compute_s"] for s in sweeps),
         "orchestration_efficiency": _median(s["orchestration_efficiency"] for s in sweeps),
         "slowdown_in_sweep": _median(s["slowdown_vs_alone"] for s in sweeps),
+        "cpu_slowdown_in_sweep": _median(s["cpu_slowdown_vs_alone"] for s in sweeps),
         "sweep_mlflow_ms_per_trial": _median(s["mlflow_ms_per_trial"] for s in sweeps),
         "sweep_cpu_budget": {k: _median(s["cpu_budget"].get(k) for s in sweeps)
                              for k in ("busy_core_s", "idle_core_s", "busy_fraction", "trials_alone_cpu_s",
@@ -544,6 +548,7 @@ def table(results: dict) -> str:
             lines.append(f"  the trials computed {s['sweep_trials_compute_median_s']:.1f} s inside the sweep "
                          f"({s['slowdown_in_sweep']:.2f}x their time alone"
                          + (f"; {s['slowdown_in_pool']:.2f}x inside the pool" if "slowdown_in_pool" in s else "")
+                         + f"; their CPU time {s['cpu_slowdown_in_sweep']:.2f}x their CPU time alone"
                          + f"); once Ray was up the workers were busy {100 * s['orchestration_efficiency']:.0f} % "
                          "of the time")
         if "efficiency_bound_pool_and_ray" in s:

@@ -209,6 +209,7 @@ class Outcome:
     diverged: int = 0
     failures: list = field(default_factory=list)
     compute_seconds: float = 0.0
+    compute_cpu_seconds: float = 0.0
 
 
 def _say(message: str) -> None:
@@ -686,6 +687,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                 flush(state)
             return None
         outcome.compute_seconds += item["seconds"]
+        outcome.compute_cpu_seconds += item.get("cpu_seconds", 0.0)  # a task of an older version may not say
         if state.epochs_logged:
             epoch_seconds.append(item["seconds"] / len(state.epochs_logged))
         if item["diverged_at"] is not None:
@@ -779,9 +781,10 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         bar.close()
 
     wall = time.perf_counter() - started
-    # The trials' own compute time (measured inside the tasks) next to the wall time: how busy the workers were.
+    # The trials' own compute time (measured inside the tasks) next to the wall time: how busy the workers were; and
+    # their CPU time, which waiting for a CPU does not stretch.
     _say(f"Sweep {sweep_id} done in {wall:.1f} s (Ray and data ready after {ray_seconds:.1f} s; trials computed "
-         f"{outcome.compute_seconds:.1f} s on {workers} workers): "
+         f"{outcome.compute_seconds:.1f} s on {workers} workers, {outcome.compute_cpu_seconds:.1f} CPU-s): "
          f"{outcome.finished} run, {skipped} skipped as already FINISHED, {outcome.failed} failed"
          + (f" ({outcome.diverged} of them diverged)" if outcome.diverged else "")
          + (f", {outcome.yielded} left to a concurrent sweep" if outcome.yielded else "")

@@ -168,6 +168,9 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert len(compute["times_s"]) == 4 and compute["ideal_s"] == pytest.approx(sum(compute["times_s"]) / 2)
     assert rep["sweep"]["efficiency"] == pytest.approx(compute["ideal_s"] / rep["sweep"]["wall_s"])
     assert rep["sweep"]["slowdown_vs_alone"] == pytest.approx(rep["sweep"]["trials_compute_s"] / compute["sum_s"])
+    assert 0 < rep["sweep"]["trials_cpu_s"] <= rep["sweep"]["trials_compute_s"] + 0.1
+    assert rep["sweep"]["cpu_slowdown_vs_alone"] == pytest.approx(rep["sweep"]["trials_cpu_s"] / compute["cpu_sum_s"])
+    assert grid["summary"]["cpu_slowdown_in_sweep"] > 0 and "their CPU time alone" in table
     assert grid["summary"]["sweep_cpu_s"]["workers"] > 0 and grid["summary"]["sweep_cpu_s"]["driver"] > 0
     # Ray's workers, one per CPU of its local instance (max(--workers, CPUs)); its two agents are not workers
     assert 2 <= rep["sweep"]["memory"]["max_worker_processes"] <= max(2, os.cpu_count())

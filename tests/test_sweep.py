@@ -46,10 +46,12 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
     assert "8 to run" in first.stderr and "8 run, 0 skipped" in first.stderr
     assert f"mlflow ui --backend-store-uri {uri}" in first.stderr
     # the summary says how long the trials computed: more than nothing, at most every worker busy all along
-    done = re.search(r"done in ([0-9.]+) s .*; trials computed ([0-9.]+) s on (\d+) workers\)", first.stderr)
+    done = re.search(r"done in ([0-9.]+) s .*; trials computed ([0-9.]+) s on (\d+) workers, ([0-9.]+) CPU-s\)",
+                     first.stderr)
     assert done, first.stderr
-    total, computed, workers = float(done.group(1)), float(done.group(2)), int(done.group(3))
+    total, computed, workers, cpu = float(done.group(1)), float(done.group(2)), int(done.group(3)), float(done.group(4))
     assert 0 < computed <= workers * total
+    assert 0 < cpu <= computed + 0.1  # one BLAS thread: CPU time within the trials' own time (rounded to 0.1)
     # and how long its driver spent in MLflow: part of the sweep, shared by its 8 trials
     mlflow = re.search(r"MLflow calls took ([0-9.]+) s of the driver \(([0-9.]+) ms per trial\)", first.stderr)
     assert mlflow, first.stderr

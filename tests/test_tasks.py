@@ -141,6 +141,25 @@ def test_a_diverging_trial_ends_with_the_non_finite_epoch(local_ray):
     assert not np.isfinite(last["epochs"][-1][1]["train_loss"])
 
 
+def test_a_worker_keeps_the_memory_its_trials_free_so_a_trial_barely_faults(local_ray):
+    """A Ray worker is a fresh process, whose glibc malloc gave the top of its heap back to the OS whenever a trial
+    freed its 1000-sample evaluation arrays, and took it back (page by page, each a fault) at the next epoch: about
+    1,000 page faults per epoch of a default-sized trial. The worker keeps that memory (pipeline.tasks), so a trial
+    after the worker's first faults a few dozen pages, and computes the same numbers."""
+    config = _config(train_size=1000, test_size=1000, batch_size=100, hidden_size_list=[100] * 5, epochs=10)
+    data = ray.put(_data(1000, 1000))
+    faults: dict[str, list[int]] = {}
+    for _ in range(12):
+        last = ray.get(list(train_trial.remote(config, data, 20))[-1])
+        assert last["cpu_seconds"] > 0 and last["minor_faults"] >= 0
+        faults.setdefault(last["node"]["pid"], []).append(last["minor_faults"])
+        if sum(len(v) - 1 for v in faults.values()) >= 3:
+            break
+    later = [n for per_worker in faults.values() for n in per_worker[1:]]  # the first trial faults its heap in
+    assert len(later) >= 3, faults
+    assert max(later) < 500, f"page faults per trial, by worker: {faults}"
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_a_bad_group_size_is_refused(local_ray, bad):
     with pytest.raises(ray.exceptions.RayTaskError, match="epochs_per_item must be a positive integer"):
