@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 #: glibc's ``mallopt`` parameters (malloc.h).
@@ -26,8 +25,8 @@ def keep_freed_memory() -> bool:
     zeroes again, 4-7 % of the trials' CPU time in a sweep (a process whose heap is already large, as the benchmarks'
     are, sees none of it). Fixed thresholds keep up to 64 MB free at the top of the heap and serve blocks of up to
     32 MB from it: about 30 page faults per trial. Where an array lives does not change what a trial computes."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    try:  # the process's own symbols: the C library's, with no search for its file (find_library runs ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -144,7 +144,7 @@ def test_a_diverging_trial_ends_with_the_non_finite_epoch(local_ray):
 def test_a_worker_keeps_the_memory_its_trials_free_so_a_trial_barely_faults(local_ray):
     """A Ray worker is a fresh process, whose glibc malloc gave the top of its heap back to the OS whenever a trial
     freed its 1000-sample evaluation arrays, and took it back (page by page, each a fault) at the next epoch: about
-    1,000 page faults per epoch of a default-sized trial. The worker keeps that memory (pipeline.tasks), so a trial
+    1,000 page faults per epoch of a default-sized trial. The worker keeps that memory (pipeline.malloc), so a trial
     after the worker's first faults a few dozen pages, and computes the same numbers."""
     config = _config(train_size=1000, test_size=1000, batch_size=100, hidden_size_list=[100] * 5, epochs=10)
     data = ray.put(_data(1000, 1000))
