@@ -8,7 +8,7 @@ CPU so that load on the other cores favours neither. Each trial is timed in CPU 
 thread). Prints, per variant, each version's median and the median of the per-round ratios B / A: below 1 means
 the working tree is faster.
 
-    python -m benchmarks.ab_trial [--base REV] [--reps 9] [--cpu N] [--json PATH] [--data-dir DIR]
+    python -m benchmarks.ab_trial [--base REV] [--reps 9] [--cpu N] [--dtype float64] [--json PATH] [--data-dir DIR]
 
 ``--base`` defaults to ``HEAD`` (the working tree's uncommitted change against its commit).
 """
@@ -96,8 +96,10 @@ def _extract_model(commit: str, dest: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
 
 
-def compare(base: str, reps: int, cpu: int, data_dir: str | None = None, epochs: int | None = None) -> dict:
-    """Time the four variants ``reps`` times with the model at ``base`` (A) and in the working tree (B)."""
+def compare(base: str, reps: int, cpu: int, data_dir: str | None = None, epochs: int | None = None,
+            dtypes: tuple[str, ...] = ("float64", "float32")) -> dict:
+    """Time the variants of ``dtypes`` ``reps`` times with the model at ``base`` (A) and in the working tree (B)."""
+    variants = [(dtype, bn) for dtype, bn in VARIANTS if dtype in dtypes]
     commit = _commit(base)
     extra = {} if epochs is None else {"epochs": epochs}
     with tempfile.TemporaryDirectory(prefix="bns-ab-") as tmp:
@@ -106,10 +108,10 @@ def compare(base: str, reps: int, cpu: int, data_dir: str | None = None, epochs:
         try:
             workers["A"] = _Worker(Path(tmp), cpu, data_dir)
             workers["B"] = _Worker(REPO, cpu, data_dir)
-            times: dict[tuple[str, bool], dict[str, list[float]]] = {v: {"A": [], "B": []} for v in VARIANTS}
+            times: dict[tuple[str, bool], dict[str, list[float]]] = {v: {"A": [], "B": []} for v in variants}
             for round_ in range(reps + 1):  # round 0 warms both up and is not kept
                 order = ("A", "B") if round_ % 2 else ("B", "A")
-                for dtype, bn in VARIANTS:
+                for dtype, bn in variants:
                     for side in order:
                         seconds = workers[side].time({"dtype": dtype, "use_batchnorm": bn, **extra})
                         if round_:
@@ -117,17 +119,17 @@ def compare(base: str, reps: int, cpu: int, data_dir: str | None = None, epochs:
         finally:
             for worker in workers.values():
                 worker.close()
-    variants = []
+    results = []
     for (dtype, bn), sides in times.items():
         ratios = [b / a for a, b in zip(sides["A"], sides["B"], strict=True)]
-        variants.append({
+        results.append({
             "dtype": dtype, "use_batchnorm": bn, "cpu_s": sides,
             "median_a_s": statistics.median(sides["A"]), "median_b_s": statistics.median(sides["B"]),
             "ratio_b_over_a": statistics.median(ratios),
         })
     return {"benchmark": "ab_trial", "base": base, "base_commit": commit, "reps": reps, "cpu": cpu,
             "data": workers["B"].info["data"], "config_overrides": extra,
-            "model_a": workers["A"].info["model"], "model_b": workers["B"].info["model"], "variants": variants}
+            "model_a": workers["A"].info["model"], "model_b": workers["B"].info["model"], "variants": results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=9, help="timed rounds, each one trial per variant and side "
                         "(default 9)")
     parser.add_argument("--cpu", type=int, help="the CPU both workers run on (default: the last one allowed)")
+    parser.add_argument("--dtype", choices=("float64", "float32"), action="append",
+                        help="time only this dtype's two variants (repeatable; default both dtypes)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX files (default: the usual places)")
     parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)  # smoke tests only: shorter trials
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if cpu not in allowed:
         parser.error(f"--cpu {cpu}: this process may run on CPUs {allowed}")
     try:
-        report = compare(args.base, args.reps, cpu, args.data_dir, args.epochs)
+        report = compare(args.base, args.reps, cpu, args.data_dir, args.epochs,
+                         tuple(args.dtype or ("float64", "float32")))
     except ValueError as exc:
         parser.exit(2, f"ab_trial: error: {exc}\n")
     except RuntimeError as exc:  # a worker died (its traceback is above)

@@ -5,7 +5,7 @@ are put on its classes for that one trial and taken off after). Categories:
 
 - ``affine``: the Affine layers in training (the matrix products, the bias, the column sums);
 - ``batchnorm``, ``relu``, ``softmax_loss``: those layers in training (no matrix products at all);
-- ``sgd_update``: the optimizer's update of the flat parameter buffer;
+- ``sgd_update``: the optimizer's update of the parameter arrays;
 - ``evaluation``: the inference passes after every epoch (train loss/accuracy and test accuracy), all layers;
 - ``other``: the rest of the trial (batch gathering, the loop, Python between the layers).
 

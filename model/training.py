@@ -76,13 +76,13 @@ def iter_epochs(
     of ``batch_size`` (the last one may be smaller). Before the first epoch (epoch 0) and after each
     epoch, one inference-mode forward pass over the training data gives ``train_loss`` and
     ``train_acc``, and one over the test data ``test_acc``: ``record = {"train_acc", "train_loss"[,
-    "test_acc"]}``. Stop iterating to stop training (a streaming caller, e.g. a Ray task, does this
-    on divergence): nothing runs ahead of the consumer. A diverged (NaN/inf) loss is recorded, not raised.
+    "test_acc"]}`` (a batchnorm net's epoch-0 ``train_loss`` uses batch statistics, see ``_measure``). Stop
+    iterating to stop training (a streaming caller, e.g. a Ray task, does this on divergence): nothing runs
+    ahead of the consumer. A diverged (NaN/inf) loss is recorded, not raised.
 
     The arguments are checked, and the data converted to the net's dtype (once), at the call rather
-    than at the first ``next``. ``optimizer.update`` is given all parameters as one array
-    (``{"all": net.param_buffer}``) and all gradients as another: it must work elementwise, as the
-    book's optimizers (``model.optimizers``) do.
+    than at the first ``next``. Each step calls ``optimizer.update(net.params, net.gradient(xb, tb))``, as the
+    book's ``Trainer``.
     """
     epochs = _check_count("epochs", epochs, 0)
     batch_size = _check_count("batch_size", batch_size, 1)
@@ -109,9 +109,6 @@ def _epochs(
 ) -> Iterator[tuple[int, dict[str, float]]]:
     """The loop of :func:`iter_epochs`, on checked and converted data."""
     n = len(x_train)
-    # All of the net's parameters and gradients as one array each (see MultiLayerNet.backprop): the book's
-    # optimizers are elementwise, so one update of the whole buffer equals one per parameter array.
-    params, grads = {"all": net.param_buffer}, {"all": net.grad_buffer}
     for epoch in range(epochs + 1):
         # A diverging net overflows: the NaN/inf loss in the record is the report, not a warning.
         # (Scoped per epoch, not across the yield, so the consumer's error state is left alone.)
@@ -120,15 +117,24 @@ def _epochs(
                 order = rng.permutation(n)
                 for start in range(0, n, batch_size):
                     batch = order[start : start + batch_size]
-                    net.backprop(x_train[batch], t_train[batch])
-                    optimizer.update(params, grads)
+                    optimizer.update(net.params, net.gradient(x_train[batch], t_train[batch]))
+            yield epoch, _measure(net, x_train, t_train, test, initial=epoch == 0)
 
-            with net.inference():  # both splits with one folding of batchnorm
-                train_loss, train_acc = net.evaluate(x_train, t_train)
-                record = {"train_acc": train_acc, "train_loss": train_loss}
-                if test is not None:
-                    record["test_acc"] = net.accuracy(*test)
-        yield epoch, record
+
+def _measure(
+    net: MultiLayerNet, x_train: np.ndarray, t_train: np.ndarray, test: tuple[np.ndarray, np.ndarray] | None,
+    initial: bool,
+) -> dict[str, float]:
+    """One epoch's record. ``train_loss`` and ``train_acc`` come from one inference-mode pass over the training
+    data, except a batchnorm net's epoch-0 ``train_loss`` (``initial``): its running statistics are still zeros,
+    so that loss uses batch statistics without updating them (``MultiLayerNet.batch_stats_loss``)."""
+    train_loss, train_acc = net.evaluate(x_train, t_train)
+    if initial and net.use_batchnorm:
+        train_loss = net.batch_stats_loss(x_train, t_train)
+    record = {"train_acc": train_acc, "train_loss": train_loss}
+    if test is not None:
+        record["test_acc"] = net.accuracy(*test)
+    return record
 
 
 def train(

@@ -14,19 +14,22 @@ from model.optimizers import OPTIMIZERS, make_optimizer
 from model.training import Callback, History, iter_epochs
 
 __all__ = [
-    "DATASETS",
     "DEFAULT_CONFIG",
     "NUM_CLASSES",
+    "WEIGHT_SCALE_NAMES",
     "build_trial",
+    "dropout_rng",
     "iter_trial",
     "run_trial",
     "trial_rngs",
     "validate_config",
 ]
 
-NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10}
-DATASETS = tuple(NUM_CLASSES)
+#: Every dataset the pipeline trains on ("mnist", "fashion-mnist", "idx": 28x28 images of 10 classes) has 10.
+NUM_CLASSES = 10
 REQUIRED_KEYS = ("weight_scale", "use_batchnorm", "seed")
+#: weight_scale by name, as the book's ch. 6: std sqrt(2 / fan_in) (He) or sqrt(1 / fan_in) (Xavier) per layer.
+WEIGHT_SCALE_NAMES = ("he", "xavier")
 DEFAULT_CONFIG: dict[str, Any] = {
     "dataset": "fashion-mnist",
     "train_size": 1000,
@@ -38,20 +41,26 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "hidden_size_list": [100, 100, 100, 100, 100],
     "activation": "relu",
     "dtype": "float64",
+    "weight_decay": 0.0,
+    "dropout": 0.0,
 }
+#: Dropout masks come from a third child of the seed's SeedSequence (see ``trial_rngs``).
+_DROPOUT_CHILD = 2
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _is_positive_float(value: object) -> bool:
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
+def _is_real(value: object) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(
+        value
     )
+
+
+def _is_positive_float(value: object) -> bool:
+    return _is_real(value) and value > 0
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -70,14 +79,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     def bad(key: str, expected: str) -> ValueError:
         return ValueError(f"trial config {key} must be {expected}, got {cfg[key]!r}")
 
-    if not _is_positive_float(cfg["weight_scale"]):
-        raise bad("weight_scale", "a positive finite number")
+    scale = cfg["weight_scale"]
+    if not (_is_positive_float(scale) or (isinstance(scale, str) and scale in WEIGHT_SCALE_NAMES)):
+        raise bad("weight_scale", f"a positive finite number or one of {WEIGHT_SCALE_NAMES}")
     if not isinstance(cfg["use_batchnorm"], (bool, np.bool_)):
         raise bad("use_batchnorm", "a bool")
     if not _is_int(cfg["seed"]) or cfg["seed"] < 0:
         raise bad("seed", "an integer >= 0")
-    if cfg["dataset"] not in DATASETS:
-        raise bad("dataset", f"one of {DATASETS}")
+    if not isinstance(cfg["dataset"], str) or not cfg["dataset"]:
+        raise bad("dataset", "a non-empty string")  # which names exist is the pipeline's business
     for key in ("train_size", "test_size", "epochs", "batch_size"):
         if not _is_int(cfg[key]) or cfg[key] < 1:
             raise bad(key, "an integer >= 1")
@@ -92,6 +102,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         raise bad("activation", f"one of {tuple(ACTIVATIONS)}")
     if cfg["dtype"] not in DTYPES:
         raise bad("dtype", f"one of {DTYPES}")
+    if not _is_real(cfg["weight_decay"]) or not cfg["weight_decay"] >= 0:
+        raise bad("weight_decay", "a finite number >= 0")
+    if not _is_real(cfg["dropout"]) or not 0 <= cfg["dropout"] < 1:
+        raise bad("dropout", "a number in [0, 1)")
     return cfg
 
 
@@ -104,6 +118,12 @@ def trial_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     return init_rng, order_rng
 
 
+def dropout_rng(seed: int) -> np.random.Generator:
+    """The rng of a trial's dropout masks: the seed's third child (``trial_rngs`` has the first two), so masks
+    are the same for every trial of the seed and leave the weights and the mini-batch orders as they were."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(_DROPOUT_CHILD + 1)[_DROPOUT_CHILD])
+
+
 def build_trial(config: dict[str, Any], input_size: int, output_size: int):
     """``(net, optimizer, order_rng, cfg)`` for a trial config (validated, defaults filled in)."""
     cfg = validate_config(config)
@@ -113,9 +133,13 @@ def build_trial(config: dict[str, Any], input_size: int, output_size: int):
         hidden_size_list=list(cfg["hidden_size_list"]),
         output_size=output_size,
         activation=cfg["activation"],
-        weight_init_std=float(cfg["weight_scale"]),
+        weight_init_std=scale if isinstance(scale := cfg["weight_scale"], str) else float(scale),
+        weight_decay_lambda=float(cfg["weight_decay"]),
+        use_dropout=cfg["dropout"] > 0,
+        dropout_ratio=float(cfg["dropout"]),
         use_batchnorm=bool(cfg["use_batchnorm"]),
         rng=init_rng,
+        dropout_rng=dropout_rng(int(cfg["seed"])),
         dtype=cfg["dtype"],
     )
     return net, make_optimizer(cfg["optimizer"], float(cfg["lr"])), order_rng, cfg
@@ -141,7 +165,7 @@ def _trial_data(cfg: dict[str, Any], x_train, t_train, x_test, t_test) -> tuple[
     n_train, n_test = cfg["train_size"], cfg["test_size"]
     x_train, t_train = x_train[:n_train], t_train[:n_train]
     x_test, t_test = x_test[:n_test], t_test[:n_test]
-    num_classes = NUM_CLASSES[cfg["dataset"]]
+    num_classes = NUM_CLASSES
     for split, t in (("train", t_train), ("test", t_test)):
         labels = as_labels(t)
         if (t.ndim == 2 and t.shape[1] != num_classes) or labels.min() < 0 or labels.max() >= num_classes:
@@ -161,7 +185,7 @@ def iter_trial(
     labels as for ``run_trial``."""
     cfg = validate_config(config)
     x_train, t_train, x_test, t_test = _trial_data(cfg, x_train, t_train, x_test, t_test)
-    net, optimizer, order_rng, cfg = build_trial(cfg, x_train.shape[1], NUM_CLASSES[cfg["dataset"]])
+    net, optimizer, order_rng, cfg = build_trial(cfg, x_train.shape[1], NUM_CLASSES)
     return iter_epochs(
         net,
         optimizer,
@@ -186,8 +210,8 @@ def run_trial(
     """Train the net a trial config describes and return its learning curves.
 
     Uses the first ``train_size`` training and the first ``test_size`` test samples of the arrays
-    given (ValueError if there are fewer). The net has one output per class of the config's dataset
-    (10 for both); labels must be integers in that range or one-hot rows of that width.
+    given (ValueError if there are fewer). The net has ``NUM_CLASSES`` (10) outputs, whatever the
+    dataset's name; labels must be integers in that range or one-hot rows of that width.
     ``callback(epoch, record)`` as in ``model.training.train``: returning True stops training."""
     history = History()
     for epoch, record in iter_trial(config, x_train, t_train, x_test, t_test):

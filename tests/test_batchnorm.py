@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import MultiLayerNet
+from model import SGD, MultiLayerNet
 from model.layers import BatchNormalization
 
 
@@ -120,31 +120,57 @@ def test_network_inference_equals_layer_by_layer_inference():
     np.testing.assert_allclose(net.predict(x, train=False), layerwise, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("use_batchnorm", [True, False])
-def test_inference_block_folds_once_with_the_same_numbers(use_batchnorm, monkeypatch):
-    """Inside ``net.inference()`` every inference pass reuses the folding made on entry: ``predict``, ``evaluate`` and
-    ``accuracy`` give the very numbers they give outside, bit for bit, batchnorm's scale and shift are computed
-    once per layer, and the folding is dropped on leaving (also by an exception)."""
-    rng = np.random.default_rng(5)
-    net = MultiLayerNet(8, [6, 5], 3, use_batchnorm=use_batchnorm, rng=rng)
-    x, t = rng.normal(size=(20, 8)), rng.integers(0, 3, 20)
-    for start in (0, 10):
-        net.backprop(x[start : start + 10], t[start : start + 10])
-        net.param_buffer -= 0.1 * net.grad_buffer
-    outside = (net.predict(x), net.evaluate(x, t), net.accuracy(x[:7], t[:7]))
-    calls = []
-    original = BatchNormalization.inference_scale_shift
-    monkeypatch.setattr(BatchNormalization, "inference_scale_shift", lambda bn: calls.append(bn) or original(bn))
-    with net.inference() as same:
-        assert same is net
-        inside = (net.predict(x), net.evaluate(x, t), net.accuracy(x[:7], t[:7]))
-    np.testing.assert_array_equal(inside[0], outside[0])
-    assert inside[1:] == outside[1:]
-    assert len(calls) == (2 if use_batchnorm else 0)  # once per batchnorm layer, for three passes
-    with pytest.raises(RuntimeError), net.inference():
-        raise RuntimeError
-    net.params["W1"] *= 2.0  # outside a block, a pass folds the current parameters
-    assert not np.array_equal(net.predict(x), outside[0])
+def test_training_mode_without_updating_leaves_the_running_statistics_alone():
+    bn = make_bn(momentum=0.5)
+    x = np.array([[1.0, 2.0, 3.0], [3.0, 6.0, 11.0]])
+    out = bn.forward(x, train=True, update_running=False)
+    np.testing.assert_array_equal(bn.running_mean, np.zeros(3))
+    np.testing.assert_array_equal(bn.running_var, np.zeros(3))
+    np.testing.assert_array_equal(out, make_bn(momentum=0.5).forward(x, train=True))  # the same normalization
+
+
+def _epoch_zero_net() -> tuple[MultiLayerNet, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(8)
+    net = MultiLayerNet(4, [3], 2, weight_init_std=0.5, use_batchnorm=True, rng=rng)
+    return net, rng.normal(size=(6, 4)), rng.integers(0, 2, 6)
+
+
+def test_epoch_zero_loss_of_a_batchnorm_net_uses_batch_statistics_by_hand():
+    """Epoch 0 reports the loss as the net trains (batch statistics of the whole training subset), not with its
+    running statistics, which are still zeros then (1 / sqrt(0 + eps) = 1000 would blow the scores up)."""
+    from model.training import train
+
+    net, x, t = _epoch_zero_net()
+    W1, W2, b2 = (net.params[k].copy() for k in ("W1", "W2", "b2"))
+    h = x @ W1  # b1 is 0; gamma 1, beta 0
+    h = (h - h.mean(axis=0)) / np.sqrt(h.var(axis=0) + 1e-6)
+    scores = np.maximum(h, 0.0) @ W2 + b2
+    p = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    expected = -np.mean(np.log(p[np.arange(6), t]))
+
+    history = train(net, SGD(0.1), x, t, epochs=0, batch_size=6, rng=0)
+    assert history.train_loss == [pytest.approx(expected, rel=1e-12)]
+    assert net.loss(x, t, train=False) > 10 * expected  # what the zero running statistics would have reported
+
+
+def test_epoch_zero_record_changes_nothing_and_is_the_same_computed_twice():
+    """The epoch-0 measurement leaves the running statistics as they were (zeros), so measuring it twice gives the
+    same record, and training after it is what it would have been."""
+    from model.training import iter_epochs
+
+    net, x, t = _epoch_zero_net()
+    first = net.batch_stats_loss(x, t)
+    assert net.batch_stats_loss(x, t) == first
+    for key in ("BatchNorm1",):
+        np.testing.assert_array_equal(net.layers[key].running_mean, np.zeros(3))
+        np.testing.assert_array_equal(net.layers[key].running_var, np.zeros(3))
+    records = list(iter_epochs(net, SGD(0.1), x, t, epochs=2, batch_size=3, rng=4))
+    assert records[0] == (0, {"train_acc": records[0][1]["train_acc"], "train_loss": first})
+
+    fresh, _, _ = _epoch_zero_net()
+    again = list(iter_epochs(fresh, SGD(0.1), x, t, epochs=2, batch_size=3, rng=4))
+    assert again == records  # the same run, with an extra epoch-0 measurement before it above
+    assert records[2][1]["train_loss"] != first
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
