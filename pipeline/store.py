@@ -7,6 +7,7 @@ starts Ray before it needs MLflow, so that second overlaps Ray's start-up.
 from __future__ import annotations
 
 import os
+import shlex
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,9 +50,24 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]).expanduser() if uri.startswith("sqlite:///") else None
 
 
+def runs_view_url(server: str, experiment_id: str | None) -> str:
+    """The address of an experiment's runs in MLflow's UI (the server's root when there is no experiment yet).
+
+    ``?workflowType=machine_learning`` opens MLflow 3's "Model training" view (the runs table and their charts);
+    without it MLflow 3.17 opens an experiment on its GenAI overview of traces, whatever the experiment's tags.
+    """
+    url = server.rstrip("/")
+    return f"{url}/#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else url
+
+
 def mlflow_ui_command(uri: str, experiment_id: str | None) -> str:
-    """The command that opens these runs in the MLflow UI."""
+    """What opens these runs: a server's runs address, else ``mlflow ui`` over the store and that address on it.
+
+    A SQLite store is named by its absolute path, so the command works from any folder.
+    """
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/")
-        return f"open {url}/#/experiments/{experiment_id}" if experiment_id else f"open {url}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        return f"open {runs_view_url(uri, experiment_id)}"
+    path = sqlite_path(uri)
+    store = f"sqlite:///{path.resolve()}" if path is not None else uri
+    command = f"mlflow ui --backend-store-uri {shlex.quote(store)} --host 127.0.0.1 --port 5000"
+    return f"{command}, then open {runs_view_url('http://127.0.0.1:5000', experiment_id)}"

@@ -52,6 +52,12 @@ RUN_KIND_TRIAL = "trial"
 #: ``failure_reason`` of a trial whose loss became non-finite: a deterministic outcome of its config and seed.
 DIVERGED = "diverged"
 METRIC_NAMES = ("train_acc", "test_acc", "train_loss")
+#: Tags of the experiment a sweep creates: its description in the UI, and MLflow 3's experiment kind "Model
+#: training" (the UI still opens an experiment by the ``workflowType`` of its address: see store.runs_view_url).
+EXPERIMENT_TAGS = {
+    "mlflow.note.content": "Batch-normalization weight-scale sweep (bnsweep). One run per trial.",
+    "mlflow.experimentKind": "custom_model_development",
+}
 
 T = TypeVar("T")
 
@@ -238,7 +244,7 @@ class Tracker:
                 "create experiment",
                 self.client.create_experiment,
                 name,
-                tags={"mlflow.note.content": "Batch-normalization weight-scale sweep (bnsweep). One run per trial."},
+                tags=EXPERIMENT_TAGS,
             )
         except MlflowException:
             exp_id = self.find_experiment_id(name)

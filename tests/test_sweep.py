@@ -44,7 +44,9 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
     first = run_sweep(*SMALL, "--tracking-uri", uri, "--experiment", EXPERIMENT, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "8 to run" in first.stderr and "8 run, 0 skipped" in first.stderr
-    assert f"mlflow ui --backend-store-uri {uri}" in first.stderr
+    exp_id = MlflowClient(uri).get_experiment_by_name(EXPERIMENT).experiment_id
+    assert (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
+            f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning") in first.stderr
     # the summary says how long the trials computed: more than nothing, at most every worker busy all along
     done = re.search(r"done in ([0-9.]+) s .*; trials computed ([0-9.]+) s on (\d+) workers, ([0-9.]+) CPU-s\)",
                      first.stderr)
