@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -37,23 +39,47 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         raise UsageError(f"Ray cluster at {address} is unreachable ({exc.strerror or exc})") from None
 
 
-def connect(address: str | None, workers: int | None) -> int:
+def connect(address: str | None, workers: int | None, verbose: bool = False) -> int:
     """Join the cluster at ``address``, or start a local Ray bound to 127.0.0.1; return the cluster's CPUs.
 
     A local instance gets ``workers`` CPUs (at least the machine's), so ``--workers`` trials really run at once.
+    Ray's own start-up messages (its warnings, what its processes write to the terminal) are hidden unless
+    ``verbose``.
     """
-    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        try:
-            ray.init(address=address, **common)
-        except Exception as exc:  # noqa: BLE001 - any failure to join is a one-line usage error
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"cannot join the Ray cluster at {address}: {first}") from None
-    else:
-        cpus = max(workers or 0, os.cpu_count() or 1)
-        with _lean_local_ray():
-            ray.init(num_cpus=cpus, _node_ip_address=LOCAL_HOST, _system_config=SOCKET_RETRY, **common)
+    common = {"include_dashboard": False, "log_to_driver": False,
+              "logging_level": logging.INFO if verbose else logging.ERROR}
+    with quiet_stderr(not verbose):
+        if address:
+            try:
+                ray.init(address=address, **common)
+            except Exception as exc:  # noqa: BLE001 - any failure to join is a one-line usage error
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UsageError(f"cannot join the Ray cluster at {address}: {first}") from None
+        else:
+            cpus = max(workers or 0, os.cpu_count() or 1)
+            with _lean_local_ray():
+                ray.init(num_cpus=cpus, _node_ip_address=LOCAL_HOST, _system_config=SOCKET_RETRY, **common)
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+@contextlib.contextmanager
+def quiet_stderr(quiet: bool) -> Iterator[None]:
+    """While ``quiet``: what this process and the processes it starts write to stderr (file descriptor 2) goes to an
+    unnamed temporary file instead of the terminal. Ray's C++ core writes there directly (the 8.8.8.8 probe's
+    warning, its log-level line), past Python's logging, and its daemons keep the file as their stderr."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 #: How Ray's processes retry connecting to a local socket that is not listening yet: every 10 ms for up to 10 s

@@ -11,6 +11,7 @@ import argparse
 import faulthandler
 import gc
 import math
+import os
 import shlex
 import signal
 import statistics
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run again trials whose loss diverged before (by default they are skipped: training is "
                         "deterministic, so the same trial diverges again)")
     r.add_argument("--dry-run", action="store_true", help="show what would run, start nothing, write nothing")
+    r.add_argument("--verbose", action="store_true",
+                   help="also show Ray's and MLflow's own messages (start-up warnings, MLflow creating its tables)")
     return p
 
 
@@ -219,6 +222,11 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # MLflow's INFO lines (creating a store's tables) only with --verbose: MLflow reads this as it is imported.
+    if args.verbose:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
+    else:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # `kill -USR1 <pid>` prints where every thread of the driver is: for a sweep that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
@@ -274,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
     gc.disable()
     preparer.start()
     try:
-        cpus = cluster.connect(args.address, args.workers)  # a Ctrl-C meanwhile is acted on once it returns
+        # a Ctrl-C meanwhile is acted on once it returns
+        cpus = cluster.connect(args.address, args.workers, args.verbose)
         early = None
         # Until the plan is made (MLflow's import, and the store's schema or a read of its runs: a second or two),
         # the workers train the grid's trials in the order the plan most likely runs them: on a new store all of them

@@ -45,7 +45,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(fashion_mnist_dir, tmp_
     assert out.returncode == 2, (out.returncode, out.stderr)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line]
-    assert len(errors) == 1, out.stderr
+    assert len(errors) == 1 and lines == errors, out.stderr  # the error line alone: no start-up messages around it
     assert message in errors[0], out.stderr
     assert not (tmp_path / "mlflow.db").exists(), "a bad input must not create or touch the store"
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
