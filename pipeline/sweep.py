@@ -28,7 +28,7 @@ import numpy as np
 
 from model.optimizers import OPTIMIZERS
 from pipeline import store
-from pipeline.data import DATASETS
+from pipeline.data import DATASETS, VERIFIED
 from pipeline.trials import (
     DEFAULT_WEIGHT_SCALES,
     UsageError,
@@ -88,9 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batchnorm", default="both", choices=["on", "off", "both"], help="which arms to train")
     g.add_argument("--seeds", default="0-4", help="seeds to run: a range 0-4, a list 0,3,7, or both 0-4,9")
     h = p.add_argument_group("the trial (fixed across the grid)")
-    h.add_argument("--dataset", default="mnist", choices=DATASETS, help="data set")
+    h.add_argument("--dataset", default="mnist", choices=DATASETS,
+                   help="data set: the official MNIST or Fashion-MNIST files, checked against their known sums, or "
+                        "idx: your own four IDX files of 28x28 images in 10 classes in --data-dir (KMNIST, EMNIST "
+                        "digits, a copy of MNIST), checked for structure only and tagged dataset_verified=false")
     h.add_argument("--data-dir", default=None, help="folder with the four IDX files (default: search the cache, "
-                   "BNSWEEP_DATA_DIR and /usr/share/datasets, then download)")
+                   "BNSWEEP_DATA_DIR and /usr/share/datasets, then download; --dataset idx: required)")
     h.add_argument("--train-size", type=int, default=1000, help="training samples (the first N of the train split)")
     h.add_argument("--test-size", type=int, default=1000,
                    help="held-out samples for test_acc (the first N of the test split; up to all 10000)")
@@ -562,6 +565,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         "sweep_id": sweep_id,
         "dataset": args.dataset,
         "dataset_sha256": plan.checksum,
+        # official files checked against their known sums, or a copy of the user's own (--dataset idx)
+        "dataset_verified": str(args.dataset in VERIFIED).lower(),
         "code_version": code_version(),
         "driver": driver,
         **node_tags,

@@ -5,10 +5,9 @@
 ``t10k-labels-idx1-ubyte``, with ``.gz`` appended when ``gzip=True``) holding random 28x28 uint8 images and
 labels 0..9, and returns what it wrote.
 
-To load such a folder with ``pipeline.data.load_dataset("mnist", data_dir=folder)`` without patching the known
-checksums, write it uncompressed (the default): MNIST ``.gz`` files are checked against the upstream sums,
-uncompressed MNIST files get structural checks only. (``"fashion-mnist"`` always checks the known content
-sums, so a tiny folder never passes as Fashion-MNIST.)
+Load such a folder as ``pipeline.data.load_dataset("idx", data_dir=folder)``: a copy of your own. Under an
+official name (``"mnist"``, ``"fashion-mnist"``) its content does not match the known sums and is refused, unless
+a test replaces those sums.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ def test_unknown_dataset_lists_choices():
     assert isinstance(excinfo.value, ValueError)
     msg = one_line_error(excinfo)
     assert "'cifar10'" in msg and "mnist" in msg and "fashion-mnist" in msg
-    assert data.DATASETS == ("mnist", "fashion-mnist")
+    assert data.DATASETS == ("mnist", "fashion-mnist", "idx")
+    assert data.VERIFIED == ("mnist", "fashion-mnist")
 
 
 @pytest.mark.parametrize("compressed", [True, False])
@@ -97,23 +98,81 @@ def test_pixel_scaling_covers_0_to_1(tmp_path):
     images = np.zeros((2, 28, 28), np.uint8)
     images[0, 0, 0], images[1, 27, 27], images[1, 5, 5] = 255, 1, 128
     write_file(folder / FILE_NAMES[0], image_bytes(images), gzip=False)
-    splits = data.load_dataset("mnist", data_dir=folder)
+    splits = data.load_dataset("idx", data_dir=folder)
     x_train = splits[0][0]
     assert x_train[0, 0] == 1.0 and x_train.min() == 0.0 and x_train.max() == 1.0
     assert x_train[1, 783] == np.float32(1 / 255) and x_train[1, 5 * 28 + 5] == np.float32(128 / 255)
     assert_matches(splits, replace(ds, x_train=images))
 
 
-def test_uncompressed_mnist_gets_structural_checks_only(tmp_path):
-    ds = write_idx_dataset(tmp_path / "d", n_train=5, n_test=4, gzip=False, seed=2)
-    assert_matches(data.load_dataset("mnist", data_dir=tmp_path / "d"), ds)
-
-
 def test_gz_named_file_holding_plain_idx_is_read(tmp_path):
     ds = write_idx_dataset(tmp_path / "d", n_train=4, n_test=2, gzip=False)
     for base in FILE_NAMES:
         os.rename(ds.paths[base], ds.paths[base].with_name(base + ".gz"))
-    assert_matches(data.load_dataset("mnist", data_dir=tmp_path / "d"), ds)
+    assert_matches(data.load_dataset("idx", data_dir=tmp_path / "d"), ds)
+
+
+# ------------------------------------------------------------------------- one rule: official, or your own
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_any_copy_of_the_official_content_is_accepted(monkeypatch, tmp_path, name):
+    """Re-compressed by anyone, decompressed, or decompressed under a .gz name: the content's sum decides."""
+    official = write_idx_dataset(tmp_path / "official", n_train=7, n_test=3, gzip=True, seed=1)
+    set_sums(monkeypatch, name, raw=official.raw_sha256, gz=official.file_sha256)
+    copy = tmp_path / "copy"
+    write_file(copy / (FILE_NAMES[0] + ".gz"), official.raw[FILE_NAMES[0]], gzip=True, mtime=12345)
+    write_file(copy / FILE_NAMES[1], official.raw[FILE_NAMES[1]], gzip=False)
+    write_file(copy / (FILE_NAMES[2] + ".gz"), official.raw[FILE_NAMES[2]], gzip=True, mtime=54321)
+    write_file(copy / (FILE_NAMES[3] + ".gz"), official.raw[FILE_NAMES[3]], gzip=False)
+    assert (copy / (FILE_NAMES[0] + ".gz")).read_bytes() != official.paths[FILE_NAMES[0]].read_bytes()
+    splits, checksum = data.load_dataset_with_checksum(name, data_dir=copy)
+    assert_matches(splits, official)
+    assert checksum == official.checksum
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("compressed", [True, False], ids=["gz", "plain"])
+def test_a_copy_of_your_own_is_refused_under_an_official_name_naming_idx(tmp_path, name, compressed):
+    """The real known sums: a tiny IDX set is no official file, gzipped or not, whatever it is called."""
+    ds = write_idx_dataset(tmp_path / "own", n_train=7, n_test=3, gzip=compressed, seed=2)
+    with pytest.raises(DatasetError) as excinfo:
+        data.load_dataset(name, data_dir=ds.folder)
+    msg = one_line_error(excinfo)
+    want = data.SPECS[name].sums[FILE_NAMES[0]].raw_sha256
+    assert f"{ds.paths[FILE_NAMES[0]]} is not the official {name} {FILE_NAMES[0]}" in msg
+    assert f"sha256 {ds.raw_sha256[FILE_NAMES[0]]}, expected {want}" in msg
+    assert msg.endswith(f"or to train on this copy of your own pass --dataset idx --data-dir {ds.folder}")
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gz", "plain"])
+def test_the_same_copy_is_accepted_as_idx_with_its_own_checksum(tmp_path, compressed):
+    ds = write_idx_dataset(tmp_path / "own", n_train=7, n_test=3, gzip=compressed, seed=2)
+    splits, checksum = data.load_dataset_with_checksum("idx", data_dir=ds.folder)
+    assert_matches(splits, ds)
+    assert checksum == ds.checksum == data.dataset_checksum("idx", data_dir=ds.folder)
+
+
+def test_idx_reads_only_the_data_dir_it_is_given(monkeypatch, isolated):
+    ds = write_idx_dataset(isolated / "flat", n_train=5, n_test=2)
+    monkeypatch.setenv("BNSWEEP_DATA_DIR", str(ds.folder))  # never searched for "idx"
+    write_idx_dataset(data.cache_dir("idx"), n_train=5, n_test=2)
+    with pytest.raises(DatasetError) as excinfo:
+        data.load_dataset("idx")
+    assert one_line_error(excinfo) == "--dataset idx reads your own IDX files: name their folder with --data-dir DIR"
+    write_idx_dataset(isolated / "root" / "idx", n_train=5, n_test=2)
+    with pytest.raises(DatasetError) as excinfo:
+        data.load_dataset("idx", data_dir=isolated / "root")
+    assert f"data dir {isolated / 'root'} (no IDX files) does not hold the four IDX files" in one_line_error(excinfo)
+
+
+def test_idx_gets_the_structural_checks(tmp_path):
+    ds = write_idx_dataset(tmp_path / "d", n_train=6, n_test=3)
+    bad = write_file(ds.paths[FILE_NAMES[3]], label_bytes(np.array([1, 10, 2])), gzip=False)
+    with pytest.raises(DatasetError) as excinfo:
+        data.load_dataset("idx", data_dir=ds.folder)
+    msg = one_line_error(excinfo)
+    assert f"{bad}: label 10 outside 0..9; fix or replace it" == msg
 
 
 def _truncate_gz(folder):
@@ -188,8 +247,8 @@ def _images(n, rows=28, cols=28, magic=0x00000803):
 def test_bad_idx_is_a_clear_error(tmp_path, monkeypatch, base, raw, expected, compressed):
     folder = tmp_path / "d"
     ds = write_idx_dataset(folder, n_train=6, n_test=3, gzip=compressed)
-    set_sums(monkeypatch, "mnist", raw=ds.raw_sha256 | {base: None})
     bad = write_file(ds.paths[base], raw, gzip=compressed)
+    set_sums(monkeypatch, "mnist", raw=ds.raw_sha256 | {base: hashlib.sha256(raw).hexdigest()})
     with pytest.raises(DatasetError) as excinfo:
         data.load_dataset("mnist", data_dir=folder)
     msg = one_line_error(excinfo)
@@ -207,33 +266,7 @@ def test_content_checksum_mismatch(monkeypatch, tmp_path):
     with pytest.raises(DatasetError) as excinfo:
         data.load_dataset("fashion-mnist", data_dir=folder)
     msg = one_line_error(excinfo)
-    assert str(bad) in msg and "checksum mismatch" in msg and ds.raw_sha256[FILE_NAMES[2]] in msg
-
-
-def test_gz_sum_only_checks_gz_bytes_and_accepts_decompressed(monkeypatch, tmp_path):
-    """MNIST's case: only the upstream .gz sums are known."""
-    ds = write_idx_dataset(tmp_path / "gz", n_train=6, n_test=3, gzip=True)
-    set_sums(monkeypatch, "mnist", gz=ds.file_sha256)
-    assert_matches(data.load_dataset("mnist", data_dir=tmp_path / "gz"), ds)
-
-    # Same content, re-compressed (another gzip mtime): cannot be verified byte for byte -> refused.
-    recompressed = write_file(ds.paths[FILE_NAMES[1]], ds.raw[FILE_NAMES[1]], gzip=True, mtime=12345)
-    with pytest.raises(DatasetError) as excinfo:
-        data.load_dataset("mnist", data_dir=tmp_path / "gz")
-    msg = one_line_error(excinfo)
-    assert str(recompressed) in msg and "checksum mismatch" in msg and "re-compressed" in msg
-
-    # The decompressed files get the structural checks only.
-    plain = write_idx_dataset(tmp_path / "raw", n_train=6, n_test=3, gzip=False)
-    assert_matches(data.load_dataset("mnist", data_dir=tmp_path / "raw"), plain)
-
-
-def test_fashion_files_are_not_accepted_as_mnist(monkeypatch, tmp_path):
-    ds = write_idx_dataset(tmp_path / "d", n_train=6, n_test=3, gzip=False)
-    set_sums(monkeypatch, "fashion-mnist", raw=ds.raw_sha256)
-    with pytest.raises(DatasetError) as excinfo:
-        data.load_dataset("mnist", data_dir=tmp_path / "d")
-    assert "is the fashion-mnist train-images-idx3-ubyte, not mnist" in one_line_error(excinfo)
+    assert f"{bad} is not the official fashion-mnist" in msg and ds.raw_sha256[FILE_NAMES[2]] in msg
 
 
 def test_fix_hint_depends_on_where_the_file_is(monkeypatch, isolated):
@@ -260,41 +293,41 @@ def test_fix_hint_depends_on_where_the_file_is(monkeypatch, isolated):
 def test_checksum_is_over_decompressed_content(monkeypatch, tmp_path):
     gz = write_idx_dataset(tmp_path / "gz", n_train=6, n_test=3, gzip=True, seed=4)
     raw = write_idx_dataset(tmp_path / "raw", n_train=6, n_test=3, gzip=False, seed=4)
-    set_sums(monkeypatch, "mnist", gz=gz.file_sha256)  # raw files: structural checks only
+    set_sums(monkeypatch, "mnist", raw=gz.raw_sha256)
     expected = hashlib.sha256(b"".join(raw.paths[b].read_bytes() for b in FILE_NAMES)).hexdigest()
     assert data.dataset_checksum("mnist", data_dir=tmp_path / "gz") == expected
     assert data.dataset_checksum("mnist", data_dir=tmp_path / "raw") == expected
     other = write_idx_dataset(tmp_path / "other", n_train=6, n_test=3, seed=5)
-    assert data.dataset_checksum("mnist", data_dir=tmp_path / "other") == other.checksum != expected
+    assert data.dataset_checksum("idx", data_dir=tmp_path / "other") == other.checksum != expected
 
 
 def test_load_with_checksum_agrees_and_cache_follows_file_changes(tmp_path):
     folder = tmp_path / "d"
     ds = write_idx_dataset(folder, n_train=6, n_test=3, seed=6)
-    splits, checksum = data.load_dataset_with_checksum("mnist", data_dir=folder)
+    splits, checksum = data.load_dataset_with_checksum("idx", data_dir=folder)
     assert_matches(splits, ds)
-    assert checksum == ds.checksum == data.dataset_checksum("mnist", data_dir=folder)
+    assert checksum == ds.checksum == data.dataset_checksum("idx", data_dir=folder)
 
     # Same sizes, new content, new mtime: the cached checksum must not be reused.
     before = {b: ds.paths[b].stat().st_mtime_ns for b in FILE_NAMES}
     ds2 = write_idx_dataset(folder, n_train=6, n_test=3, seed=7)
     for b in FILE_NAMES:
         os.utime(ds2.paths[b], ns=(before[b] + 5_000_000_000, before[b] + 5_000_000_000))
-    assert data.dataset_checksum("mnist", data_dir=folder) == ds2.checksum != ds.checksum
+    assert data.dataset_checksum("idx", data_dir=folder) == ds2.checksum != ds.checksum
 
 
 def test_first_samples_equal_the_full_load_sliced_and_the_checksum_is_still_of_the_whole_files(tmp_path):
     folder = tmp_path / "d"
     ds = write_idx_dataset(folder, n_train=6, n_test=3, seed=8)
-    (x_tr, t_tr), (x_te, t_te) = data.load_dataset("mnist", data_dir=folder)
-    ((fx_tr, ft_tr), (fx_te, ft_te)), checksum = data.load_dataset_with_checksum("mnist", data_dir=folder,
+    (x_tr, t_tr), (x_te, t_te) = data.load_dataset("idx", data_dir=folder)
+    ((fx_tr, ft_tr), (fx_te, ft_te)), checksum = data.load_dataset_with_checksum("idx", data_dir=folder,
                                                                                 first=(4, 10))
     assert checksum == ds.checksum
     assert fx_tr.shape == (4, 784) and fx_te.shape == (3, 784)  # a split with fewer samples comes whole
     for got, want in ((fx_tr, x_tr[:4]), (ft_tr, t_tr[:4]), (fx_te, x_te), (ft_te, t_te)):
         assert got.dtype == want.dtype and np.array_equal(got, want)
     with pytest.raises(ValueError, match="first must be"):
-        data.load_dataset("mnist", data_dir=folder, first=(4,))
+        data.load_dataset("idx", data_dir=folder, first=(4,))
 
 
 # ---------------------------------------------------------------------------------------- search order
@@ -324,6 +357,7 @@ def test_search_order(monkeypatch, isolated, winner):
         for path in placed[kind].paths.values():
             path.unlink()
     data_dir = isolated / "given" if winner == "data_dir" else None
+    set_sums(monkeypatch, "mnist", raw=placed[winner].raw_sha256)
     splits, checksum = data.load_dataset_with_checksum("mnist", data_dir=data_dir)
     assert_matches(splits, placed[winner])
     assert checksum == placed[winner].checksum
@@ -333,6 +367,7 @@ def test_env_var_may_hold_the_files_directly(monkeypatch, isolated):
     ds = write_idx_dataset(isolated / "flat", n_train=5, n_test=2, seed=3)
     write_idx_dataset(data.cache_dir("mnist"), n_train=9, n_test=2)
     monkeypatch.setenv("BNSWEEP_DATA_DIR", str(isolated / "flat"))
+    set_sums(monkeypatch, "mnist", raw=ds.raw_sha256)
     assert_matches(data.load_dataset("mnist"), ds)
 
 
@@ -340,6 +375,7 @@ def test_env_var_without_the_files_falls_through(monkeypatch, isolated):
     (isolated / "empty").mkdir()
     monkeypatch.setenv("BNSWEEP_DATA_DIR", str(isolated / "empty"))
     ds = write_idx_dataset(data.SYSTEM_DATA_ROOT / "mnist", n_train=5, n_test=2)
+    set_sums(monkeypatch, "mnist", raw=ds.raw_sha256)
     assert_matches(data.load_dataset("mnist"), ds)
 
 
@@ -359,8 +395,9 @@ def test_data_dir_given_is_the_only_place_looked(isolated):
     assert f"{isolated / 'nowhere'} (no such folder)" in one_line_error(excinfo)
 
 
-def test_data_dir_may_hold_a_dataset_subfolder(isolated):
+def test_data_dir_may_hold_a_dataset_subfolder(monkeypatch, isolated):
     ds = write_idx_dataset(isolated / "root" / "mnist", n_train=5, n_test=2, seed=8)
+    set_sums(monkeypatch, "mnist", raw=ds.raw_sha256)
     assert_matches(data.load_dataset("mnist", data_dir=isolated / "root"), ds)
 
 
@@ -455,7 +492,7 @@ def cache_listing(name: str = "mnist") -> list[str]:
 def test_download_skips_corrupt_mirror_and_caches(monkeypatch, mirror, upstream):
     bad = mirror.serve("bad", upstream, corrupt=True)
     good = mirror.serve("good", upstream)
-    set_sums(monkeypatch, "mnist", gz=upstream.file_sha256, mirrors=(bad, good))
+    set_sums(monkeypatch, "mnist", raw=upstream.raw_sha256, gz=upstream.file_sha256, mirrors=(bad, good))
     assert_matches(data.load_dataset("mnist"), upstream)
     assert cache_listing() == sorted(b + ".gz" for b in FILE_NAMES)
     for base in FILE_NAMES:
@@ -472,7 +509,7 @@ def test_download_skips_corrupt_mirror_and_caches(monkeypatch, mirror, upstream)
 @pytest.mark.slow
 def test_download_with_only_corrupt_mirror_fails_and_leaves_nothing(monkeypatch, mirror, upstream):
     bad = mirror.serve("bad", upstream, corrupt=True)
-    set_sums(monkeypatch, "mnist", gz=upstream.file_sha256, mirrors=(bad,))
+    set_sums(monkeypatch, "mnist", raw=upstream.raw_sha256, gz=upstream.file_sha256, mirrors=(bad,))
     with pytest.raises(DatasetError) as excinfo:
         data.load_dataset("mnist")
     msg = one_line_error(excinfo)
@@ -484,7 +521,7 @@ def test_download_with_only_corrupt_mirror_fails_and_leaves_nothing(monkeypatch,
 def test_download_cut_off_mid_transfer_leaves_no_partial_file(monkeypatch, mirror, upstream):
     cut = mirror.serve("cut", upstream)
     mirror.cut.add(f"/cut/{FILE_NAMES[2]}.gz")
-    set_sums(monkeypatch, "mnist", gz=upstream.file_sha256, mirrors=(cut,))
+    set_sums(monkeypatch, "mnist", raw=upstream.raw_sha256, gz=upstream.file_sha256, mirrors=(cut,))
     with pytest.raises(DatasetError) as excinfo:
         data.load_dataset("mnist")
     msg = one_line_error(excinfo)
@@ -494,7 +531,7 @@ def test_download_cut_off_mid_transfer_leaves_no_partial_file(monkeypatch, mirro
 
     # A later run with a working mirror fetches only what is missing.
     good = mirror.serve("good", upstream)
-    set_sums(monkeypatch, "mnist", gz=upstream.file_sha256, mirrors=(cut, good))
+    set_sums(monkeypatch, "mnist", raw=upstream.raw_sha256, gz=upstream.file_sha256, mirrors=(cut, good))
     mirror.requests.clear()
     assert_matches(data.load_dataset("mnist"), upstream)
     assert mirror.requests == [f"/cut/{FILE_NAMES[2]}.gz", f"/good/{FILE_NAMES[2]}.gz",
@@ -518,7 +555,7 @@ def test_download_accepts_recompressed_gz_with_known_content(monkeypatch, mirror
 @pytest.mark.slow
 def test_download_off_makes_no_request(monkeypatch, mirror, upstream):
     good = mirror.serve("good", upstream)
-    set_sums(monkeypatch, "mnist", gz=upstream.file_sha256, mirrors=(good,))
+    set_sums(monkeypatch, "mnist", raw=upstream.raw_sha256, gz=upstream.file_sha256, mirrors=(good,))
     with pytest.raises(DatasetError) as excinfo:
         data.dataset_checksum("mnist", download=False)
     assert "downloads are off" in one_line_error(excinfo)

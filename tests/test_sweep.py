@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from model.trial import run_trial
 from pipeline.data import load_dataset
 from pipeline.trials import make_grid, trial_key
+from tests.idx import write_idx_dataset
 from tests.sweep_helpers import (
     FASHION_DIR,
     SMALL,
@@ -81,6 +82,7 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
         assert p["dataset"] == "fashion-mnist" and p["epochs"] == "2" and p["train_size"] == "200"
         assert p["hidden_size_list"] == "[100, 100, 100, 100, 100]" and p["dtype"] == "float64"
         assert tags["dataset"] == "fashion-mnist" and len(tags["dataset_sha256"]) == 64
+        assert tags["dataset_verified"] == "true"  # Debian's files are the official ones
         assert tags["numpy_version"] == np.__version__ and tags["run_kind"] == "trial"
         assert len({r.data.tags["sweep_id"] for r in runs}) == 1
         # Every metric at every epoch, exactly once, and equal to training the same trial here.
@@ -108,6 +110,26 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
     counts = finished_counts(uri, EXPERIMENT)
     assert set(counts) == expected_keys([0, 1, 2]) and set(counts.values()) == {1}
     assert len({r.data.tags["sweep_id"] for r in trial_runs(uri, EXPERIMENT)}) == 2
+
+
+def test_a_copy_of_your_own_runs_as_idx_tagged_unverified_with_its_own_sha256(tmp_path):
+    """The same files are refused under an official name (a bad-input case) and accepted as ``--dataset idx``."""
+    own = write_idx_dataset(tmp_path / "own", n_train=120, n_test=50, gzip=True, seed=3)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--data-dir", str(own.folder), "--weight-scales", "0.1", "--seeds", "0", "--epochs", "1",
+            "--train-size", "100", "--test-size", "50", "--workers", "2", "--tracking-uri", uri]
+    refused = run_sweep("--dataset", "mnist", *args, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "pass --dataset idx --data-dir" in refused.stderr, refused.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+    out = run_sweep("--dataset", "idx", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    runs = trial_runs(uri, "batchnorm-weight-scale", ("FINISHED",))
+    assert len(runs) == 2
+    for run in runs:
+        assert run.data.params["dataset"] == "idx"
+        assert run.data.tags["dataset_verified"] == "false" and run.data.tags["dataset_sha256"] == own.checksum
 
 
 _READER = """
