@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 ARMS = {True: {"label": "BatchNorm", "color": "tab:blue", "linestyle": "-", "marker": "o"},
         False: {"label": "plain (no BN)", "color": "tab:orange", "linestyle": "--", "marker": "s"}}
@@ -117,6 +118,7 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
         ax.set_title(f"W={labels[w]}", fontsize=10)
         ax.set_ylim(0, 1)
         ax.set_xlim(0, max(max_epoch, 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3, linewidth=0.5)
         n_bn, n_plain = counts.get((w, True), 0), counts.get((w, False), 0)
         d_bn, d_plain = diverged.get((w, True), 0), diverged.get((w, False), 0)
@@ -157,6 +159,7 @@ def plot_curves(summary: pd.DataFrame, weight_scale: float, *, context: str = ""
         counts += _final_counts(sm, metric).tolist() if not sm.empty else []
         ax.set_title(metric_label(metric).capitalize())
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3, linewidth=0.5)
@@ -230,7 +233,8 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     """Paired BN - plain difference at the final epoch per weight scale, with its 95% t interval.
 
     Filled markers (and a star) mark scales significant after Holm correction; hollow markers are not
-    significant; a cross marks a scale with fewer than 2 pairs (no interval, no test).
+    significant; a cross marks a scale with no interval (fewer than 2 pairs, or no spread); a grey diamond on
+    the zero line marks a scale with no pair at all.
     """
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
@@ -238,6 +242,7 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     pairs = []
     shown: list[np.ndarray] = []
     any_nobar = False
+    any_no_pairs = False
     for ax, metric in zip(axes, metrics, strict=True):
         cm = comparison[comparison["metric"] == metric].sort_values("weight_scale")
         pairs += cm["n_pairs"].tolist()
@@ -258,6 +263,14 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
         nobar = ~has_ci & np.isfinite(y)
         any_nobar |= bool(nobar.any())
         ax.scatter(x[nobar], y[nobar], color=color, marker="x", s=36, zorder=4, label="no interval")
+        # a scale without a single pair has no difference to plot: a mark on the zero line says it is missing
+        no_pairs = cm["n_pairs"].to_numpy() == 0
+        any_no_pairs |= bool(no_pairs.any())
+        ax.scatter(x[no_pairs], np.zeros(int(no_pairs.sum())), color="0.45", marker="D", s=30, zorder=4,
+                   label="no pairs")
+        for xi in x[no_pairs]:
+            ax.annotate("0 pairs", (xi, 0), textcoords="offset points", xytext=(0, -13), ha="center", fontsize=7,
+                        color="0.3")
         top = np.where(has_ci, hi, y)
         for xi, ti in zip(x[sig], top[sig], strict=True):
             ax.annotate("*", (xi, ti), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=13,
@@ -284,8 +297,11 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     ]
     if any_nobar:
         handles.append(Line2D([], [], color=color, marker="x", linestyle="none",
-                              label="fewer than 2 pairs: no interval, no test"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+                              label="no interval, no t-test: fewer than 2 pairs, or all seeds equal"))
+    if any_no_pairs:
+        handles.append(Line2D([], [], color="0.45", marker="D", linestyle="none",
+                              label="0 pairs: an arm has no finished run (e.g. all diverged)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False)
     return fig
 
 

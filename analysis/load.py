@@ -36,7 +36,7 @@ PARAM_TYPES = {
 }
 REQUIRED_PARAMS = ("weight_scale", "use_batchnorm", "seed")
 LEADING_COLUMNS = ("run_id", "trial_key", "weight_scale", "use_batchnorm", "seed", "epoch")
-RUN_COLUMNS = ("run_name", "start_time", "sweep_id")
+RUN_COLUMNS = ("run_name", "start_time", "sweep_id", "code_version")
 
 
 def load_runs(
@@ -50,7 +50,7 @@ def load_runs(
 
     One row per (run, epoch); columns ``run_id, trial_key, weight_scale, use_batchnorm, seed, epoch``,
     the ``metrics`` (float, NaN where not logged or logged as NaN), the other params (int/float/bool/str
-    columns) and ``run_name, start_time (UTC), sweep_id``. Rows are sorted by weight_scale,
+    columns) and ``run_name, start_time (UTC), sweep_id, code_version``. Rows are sorted by weight_scale,
     use_batchnorm, seed, epoch. A metric logged twice at one step keeps the later value.
 
     Only runs with tag ``run_kind=trial`` and status FINISHED count (deleted runs never). Of several
@@ -211,7 +211,8 @@ def _runs_frame(runs: list[Run]) -> tuple[pd.DataFrame, list[dict]]:
             skipped.append({"run_id": info.run_id, "reason": "weight_scale is not a positive number"})
             continue
         record = {"run_id": info.run_id, "trial_key": key, "run_name": info.run_name,
-                  "start_time": info.start_time, "sweep_id": data.tags.get("sweep_id")}
+                  "start_time": info.start_time, "sweep_id": data.tags.get("sweep_id"),
+                  "code_version": data.tags.get("code_version")}
         record.update({k: v for k, v in data.params.items() if k not in REQUIRED_PARAMS})
         record.update(required)
         records.append(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,14 @@ from analysis.figures import metric_label, scale_labels, seeds_text
 
 #: Final train accuracy below this counts as "failed to learn" (chance is 0.10 for 10 classes).
 FAIL_THRESHOLD = 0.2
+#: "Failed to learn" (or learned) is said of an arm only from at least this many finished runs.
+MIN_RUNS_TO_SAY = 2
+#: The fixed hyperparameters the report names, in this order, with their words.
+SETUP_PARAMS = (("dataset", "data set"), ("train_size", "training samples"), ("test_size", "test samples"),
+                ("epochs", "epochs"), ("batch_size", "batch size"), ("lr", "learning rate"),
+                ("optimizer", "optimizer"), ("hidden_size_list", "hidden layers"), ("activation", "activation"),
+                ("dtype", "dtype"))
+NO_SPREAD = "no spread: all seeds equal"
 
 
 def _unique(df: pd.DataFrame, col: str) -> list:
@@ -31,6 +40,39 @@ def describe_data(df: pd.DataFrame) -> str:
             text = str(values[0]) if len(values) == 1 else f"{min(values)}\u2013{max(values)}"
             parts.append(f"{text} {word}")
     return ", ".join(parts)
+
+
+def _values_text(df: pd.DataFrame, col: str) -> str:
+    values = _unique(df, col)
+    if not values:
+        return "\u2013 (not recorded)"
+    return ", ".join(str(v) for v in values) + (" (mixed)" if len(values) > 1 else "")
+
+
+def _seeds_list(seeds: Sequence[int]) -> str:
+    """``0-4, 7, 9``: sorted seeds, runs of consecutive ones as ranges."""
+    groups: list[list[int]] = []
+    for seed in sorted(set(int(x) for x in seeds)):
+        if groups and seed == groups[-1][-1] + 1:
+            groups[-1].append(seed)
+        else:
+            groups.append([seed])
+    return ", ".join(str(g[0]) if len(g) == 1 else f"{g[0]}-{g[-1]}" for g in groups)
+
+
+def describe_setup(df: pd.DataFrame) -> list[str]:
+    """Report lines naming what every trial shares: each fixed hyperparameter, the seeds, the code version."""
+    lines = [f"{word}: {_values_text(df, col)}" for col, word in SETUP_PARAMS]
+    lines.append(f"seeds: {_seeds_list(df['seed'].unique()) if len(df) else 'none'}")
+    lines.append(f"code version (git commit): {_values_text(df, 'code_version')}")
+    return lines
+
+
+def display_store(uri: str) -> str:
+    """The tracking store for a reader: a SQLite store by its absolute path, any other URI as it is."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    return uri
 
 
 def describe_scales(selected: Sequence[float], all_scales: Sequence[float]) -> str:
@@ -105,13 +147,19 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
     finite = comparison[comparison["mean_diff"].notna()]
     if not finite.empty:
         top = finite.loc[finite["mean_diff"].abs().idxmax()]
-        ci = ("" if math.isnan(top["ci_low"]) else
-              f" (95% CI {_signed(top['ci_low'])} to {_signed(top['ci_high'])})")
+        if top["n_pairs"] >= 2 and top["sd_diff"] == 0:
+            ci = f" ({NO_SPREAD})"
+        elif math.isnan(top["ci_low"]):
+            ci = ""
+        else:
+            ci = f" (95% CI {_signed(top['ci_low'])} to {_signed(top['ci_high'])})"
         sentences.append(f"The largest mean difference, BN \u2212 plain, was {_signed(top['mean_diff'])}{ci} "
                          f"in {metric_label(top['metric'])} at W={labels[top['weight_scale']]}.")
 
     ft = final[final["metric"] == "train_acc"]
     if not ft.empty:
+        few_runs = ft[ft["n"] < MIN_RUNS_TO_SAY]
+        ft = ft[ft["n"] >= MIN_RUNS_TO_SAY]
         failed = {bn: ft[(ft["use_batchnorm"] == bn) & (ft["mean"] < FAIL_THRESHOLD)]["weight_scale"]
                   for bn in (False, True)}
         crit = f"mean final train accuracy below {FAIL_THRESHOLD:.2f}; chance is 0.10"
@@ -125,6 +173,12 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
             sentences.append(f"With BN it failed to learn at {describe_scales(failed[True], scales)}.")
         else:
             sentences.append("With BN it learned at every scale.")
+        for bn in (False, True):
+            where = few_runs[few_runs["use_batchnorm"] == bn]["weight_scale"]
+            if len(where):
+                sentences.append(f"{'With' if bn else 'Without'} BN too few runs finished at "
+                                 f"{describe_scales(where, scales)} (fewer than {MIN_RUNS_TO_SAY}) to say whether "
+                                 "it learned there.")
 
     few = comparison[comparison["n_pairs"] < 2]["weight_scale"].unique()
     if len(few):
@@ -159,6 +213,12 @@ def markdown_table(frame: pd.DataFrame, columns: Sequence[tuple[str, Callable[[p
     return "\n".join(lines)
 
 
+def _difference_cell(r: pd.Series) -> str:
+    if r["n_pairs"] >= 2 and r["sd_diff"] == 0 and r["mean_diff"] != 0:
+        return f"{_fmt(r['mean_diff'])} ({NO_SPREAD})"
+    return f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+
+
 def _comparison_table(cm: pd.DataFrame, labels: dict[float, str]) -> str:
     return markdown_table(cm.sort_values("weight_scale", ascending=False), [
         ("W", lambda r: labels[r["weight_scale"]]),
@@ -166,8 +226,7 @@ def _comparison_table(cm: pd.DataFrame, labels: dict[float, str]) -> str:
         ("BN mean \u00b1 sd (n)", lambda r: f"{_fmt(r['mean_bn'])} \u00b1 {_fmt(r['sd_bn'])} ({int(r['n_bn'])})"),
         ("plain mean \u00b1 sd (n)",
          lambda r: f"{_fmt(r['mean_plain'])} \u00b1 {_fmt(r['sd_plain'])} ({int(r['n_plain'])})"),
-        ("BN \u2212 plain [95% CI]",
-         lambda r: f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"),
+        ("BN \u2212 plain [95% CI]", _difference_cell),
         ("p t-test", lambda r: _fmt_p(r["p_ttest"])),
         ("p t-test Holm", lambda r: _fmt_p(r["p_ttest_holm"])),
         ("p Wilcoxon", lambda r: _fmt_p(r["p_wilcoxon"])),
@@ -215,9 +274,11 @@ def build_report(
     counts = final[final["metric"] == final["metric"].iloc[0]]["n"] if not final.empty else []
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# Batch normalization across weight scales: `{experiment}`", ""]
-    out.append(f"Generated {now} from `{tracking_uri}`, experiment `{experiment}` "
+    out.append(f"Generated {now} from `{display_store(tracking_uri)}`, experiment `{experiment}` "
                f"(id {df.attrs.get('experiment_id', '?')}). {n_runs} finished trial runs: {len(scales)} weight "
                f"scales \u00d7 2 arms (BatchNorm, plain), {seeds_text(counts)}; {describe_data(df)}.")
+    out += ["", "What every trial shares:", ""]
+    out += [f"- {line}" for line in describe_setup(df)]
     out.append("")
     for note in notes:
         out.append(f"- {note}")
@@ -253,8 +314,10 @@ def build_report(
             "are dropped from the pairing and listed in the note. Paired t-test and Wilcoxon signed-rank "
             "test (scipy), each Holm-corrected across the weight scales of one metric; \"significant\" "
             f"means Holm-corrected t-test p < {alpha:g}. If every difference is exactly 0 both p-values "
-            "are set to 1.",
-            f"- \"Failed to learn\": mean final train accuracy below {FAIL_THRESHOLD:.2f} (chance 0.10).",
+            "are set to 1; if every difference is the same non-zero value (no spread: all seeds equal) there is "
+            "no t interval and no t-test.",
+            f"- \"Failed to learn\": mean final train accuracy below {FAIL_THRESHOLD:.2f} (chance 0.10), said "
+            f"only of an arm with at least {MIN_RUNS_TO_SAY} finished runs.",
             "- Only FINISHED runs tagged run_kind=trial are used; of several FINISHED runs of one trial key the "
             "earliest is used.",
             "", "## Files", "",

@@ -12,7 +12,9 @@ Conventions (the report repeats them):
 - p-values: paired t-test (``scipy.stats.ttest_rel``) and Wilcoxon signed-rank
   (``scipy.stats.wilcoxon``, default zero handling), each Holm-corrected across the weight scales
   of one metric (NaN p-values are not counted in the family). When every difference is exactly 0,
-  both p-values are set to 1 (no evidence of a difference) and the note says so.
+  both p-values are set to 1 (no evidence of a difference) and the note says so. When every difference is the
+  same non-zero value (no spread: all seeds equal) there is no t interval and no t-test (its p would be 0 for
+  any such difference); the note says so, and the Wilcoxon test is still made.
 - Significant means Holm-corrected paired t-test p < alpha.
 """
 
@@ -36,7 +38,7 @@ NOTE_NO_VALUES = "no values"
 NOTE_ONE_VALUE = "n=1: no interval"
 NOTE_FEW_PAIRS = "fewer than 2 pairs: no interval, no test"
 NOTE_ALL_ZERO = "all differences are 0: p-values set to 1"
-NOTE_ZERO_SD = "differences all equal: zero-width interval"
+NOTE_ZERO_SD = "no spread: all seeds equal (no t interval, no t-test)"
 
 
 def t_quantile(n: np.ndarray | int, confidence: float = CONFIDENCE) -> np.ndarray:
@@ -135,14 +137,18 @@ def _paired_test(diff: np.ndarray, bn: np.ndarray, plain: np.ndarray) -> tuple[f
         return math.nan, math.nan, []
     if np.all(diff == 0):
         return 1.0, 1.0, [NOTE_ALL_ZERO]
-    notes = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p_t = float(sps.ttest_rel(bn, plain).pvalue)
         p_w = float(sps.wilcoxon(diff).pvalue)
-    if np.all(diff == diff[0]):
-        notes.append(NOTE_ZERO_SD)
-    return p_t, p_w, notes
+        if no_spread(diff):
+            return math.nan, p_w, [NOTE_ZERO_SD]
+        p_t = float(sps.ttest_rel(bn, plain).pvalue)
+    return p_t, p_w, []
+
+
+def no_spread(values: np.ndarray) -> bool:
+    """At least two values, all equal: a sample with no spread (no t interval, no t-test)."""
+    return values.size >= 2 and bool(np.all(values == values[0]))
 
 
 def _seed_list(seeds) -> str:
@@ -218,7 +224,9 @@ def _compare_one(group: pd.DataFrame, w: float, metric: str, confidence: float, 
 
     mean_diff = float(diff.mean()) if n_pairs else math.nan
     sd_diff = float(diff.std(ddof=1)) if n_pairs >= 2 else math.nan
-    if n_pairs >= 2:
+    if no_spread(diff) and mean_diff != 0:  # the same non-zero difference from every seed
+        ci = (math.nan, math.nan)
+    elif n_pairs >= 2:
         half = float(t_quantile(n_pairs, confidence)) * sd_diff / math.sqrt(n_pairs)
         ci = (mean_diff - half, mean_diff + half)
     else:

@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer")
     h.add_argument("--hidden-sizes", default="100,100,100,100,100", help="hidden layer widths")
     h.add_argument("--dtype", default="float64", choices=["float64", "float32"],
-                   help="float64 is the book's precision; float32 is about twice as fast and its accuracy "
-                        "curves match float64 to within a few tenths of a percent (see README)")
+                   help="float64 is the book's precision; float32 is about twice as fast, and its final test "
+                        "accuracy differs from float64's by +0.002 on average over 40 default trials, at most 0.032 "
+                        "(README, Performance)")
     r = p.add_argument_group("where it runs and what records it")
     r.add_argument("--workers", type=int, default=None,
                    help="trials running at once (default: the cluster's CPUs)")

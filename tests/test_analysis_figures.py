@@ -116,6 +116,10 @@ def test_curves_show_train_and_test_for_one_scale(sweep):
         np.testing.assert_allclose(lines["mean-plain"].get_ydata(), expected_curve(logged, w, False, metric)[0])
         assert len(ax.collections) == 2
     assert f"W={scale_labels([w])[w]}" in fig._suptitle.get_text()
+    fig.canvas.draw()  # ticks as drawn: whole epochs only, however few
+    for ax in axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
     with pytest.raises(ValueError):
         plot_curves(arm_summary(df), 0.123)
 
@@ -171,6 +175,22 @@ def test_difference_without_pairs_shows_no_interval(sweep):
         assert not [t for t in ax.texts if t.get_text() == "*"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("fewer than 2 pairs" in t for t in labels)
+    assert not any(t.startswith("0 pairs") for t in labels)  # every scale has its one pair
+
+
+def test_difference_marks_a_scale_with_no_pair_on_the_zero_line(sweep):
+    """Every plain trial of one scale diverged: its difference is missing, and the figure says so where it would be."""
+    _, df = sweep
+    gone = sorted(BOOK_WEIGHT_SCALES)[-2]
+    comp = paired_comparison(df[~((df["weight_scale"] == gone) & ~df["use_batchnorm"])])
+    assert (comp.loc[comp["weight_scale"] == gone, "n_pairs"] == 0).all()
+    fig = plot_difference(comp)
+    for ax in fig.get_axes():
+        marks = [c for c in ax.collections if c.get_label() == "no pairs"]
+        np.testing.assert_allclose(marks[0].get_offsets(), [[gone, 0.0]])
+        assert [t.xy for t in ax.texts if t.get_text() == "0 pairs"] == [(gone, 0)]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("0 pairs: an arm has no finished run") for t in labels)
 
 
 def test_save_figure_writes_png_and_svg(sweep, tmp_path):
