@@ -159,6 +159,7 @@ def plot_curves(summary: pd.DataFrame, weight_scale: float, *, context: str = ""
         counts += _final_counts(sm, metric).tolist() if not sm.empty else []
         ax.set_title(metric_label(metric).capitalize())
         ax.set_xlabel("epoch")
+        ax.set_xlim(0, max(int(sm["epoch"].max()) if not sm.empty else 1, 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
@@ -301,7 +302,7 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     if any_no_pairs:
         handles.append(Line2D([], [], color="0.45", marker="D", linestyle="none",
                               label="0 pairs: an arm has no finished run (e.g. all diverged)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
     return fig
 
 
