@@ -12,7 +12,7 @@ analysis/histories.py was chosen.
 
 Run it in a loopback-only network namespace (it starts a server)::
 
-    unshare -n sh -c 'ip link set lo up && python -m benchmarks.bench_analysis_load --json out.json'
+    tests/loopback-only python -m benchmarks.bench_analysis_load --json out.json
 """
 
 from __future__ import annotations

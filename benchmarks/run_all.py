@@ -1,6 +1,6 @@
 """The benchmark suite (issue 6): one command, a table of every number against its target, and a JSON file.
 
-    unshare -n sh -c 'ip link set lo up && python -m benchmarks.run_all [--quick] [--json PATH]'
+    tests/loopback-only python -m benchmarks.run_all [--quick] [--json PATH]
 
 Sections (``--only`` picks some; see benchmarks/README.md for what each number means):
 
@@ -679,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         return usage(f"--tune-reps must be >= 0 (got {tune_reps})")
     if NEEDS_LOOPBACK & set(sections) and not only_loopback():
         return usage("these sections start Ray or servers: run inside a loopback-only network namespace, "
-                     "unshare -n sh -c 'ip link set lo up && python -m benchmarks.run_all ...'")
+                     "tests/loopback-only python -m benchmarks.run_all ...")
     json_path = args.json if args.json is not None else (None if args.quick else DEFAULT_JSON)
 
     from benchmarks.bench_sweep import grid_args, sweep_grid

@@ -4,7 +4,7 @@ Each round starts a small sweep (tests/test_sweep_faults.py's SLOW grid) into a 
 0 to 1.5 s after Ray's first process appears, and checks that the sweep exits 130 within 60 s without a
 traceback. Prints one line per round, the output of any round that went wrong, and exits 1 if one did.
 
-    unshare -n sh -c 'ip link set lo up && python -m tests.ctrl_c_stress 25'
+    tests/loopback-only python -m tests.ctrl_c_stress 25
 """
 
 from __future__ import annotations
