@@ -28,15 +28,16 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     if address == "auto":
         return
     if address.startswith("ray://"):
-        raise UsageError(f"--address {address}: Ray Client (ray://) is not supported; give the head's host:port")
+        raise UsageError(f"--address {address}: Ray Client (ray://) is not supported", "give the head's host:port")
     host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise UsageError(f"--address {address!r}: expected host:port of the Ray head, e.g. 127.0.0.1:6379")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"--address {address!r} is not host:port", "e.g. --address 127.0.0.1:6379, or auto")
     try:
         with socket.create_connection((host, int(port_text)), timeout=timeout):
             pass
     except OSError as exc:
-        raise UsageError(f"Ray cluster at {address} is unreachable ({exc.strerror or exc})") from None
+        raise UsageError(f"Ray cluster at {address} is unreachable: {exc.strerror or exc}",
+                         "start it with `ray start --head`, or leave out --address for a local Ray") from None
 
 
 def connect(address: str | None, workers: int | None, verbose: bool = False) -> int:
@@ -54,7 +55,8 @@ def connect(address: str | None, workers: int | None, verbose: bool = False) -> 
                 ray.init(address=address, **common)
             except Exception as exc:  # noqa: BLE001 - any failure to join is a one-line usage error
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UsageError(f"cannot join the Ray cluster at {address}: {first}") from None
+                raise UsageError(f"cannot join the Ray cluster at {address}: {first}",
+                                 "check --address with `ray status`, or leave it out for a local Ray") from None
         else:
             cpus = max(workers or 0, os.cpu_count() or 1)
             with _lean_local_ray():

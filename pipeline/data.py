@@ -15,6 +15,9 @@ Public API
 * ``first=(n_train, n_test)`` (keyword of both loaders): only the first ``n_train`` training and ``n_test`` test
   samples (or all, if a split has fewer), converted to float32 without converting the rest; the files are still
   read and verified whole. The same values as slicing the full load.
+* ``split_sizes(name, data_dir=None)`` -> ``(n_train, n_test)`` from the image files' headers alone (what a
+  command checks its sizes against before it starts anything); files still to be downloaded count as the official
+  60000 / 10000. The content is verified when it is loaded.
 * ``DatasetError`` (a ``ValueError``): every failure; its message is one line.
 
 All three functions take ``download=True`` (keyword): ``False`` never touches the network.
@@ -47,6 +50,7 @@ Verification, on every read (never silently wrong data):
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import logging
@@ -65,6 +69,7 @@ __all__ = [
     "dataset_checksum",
     "load_dataset",
     "load_dataset_with_checksum",
+    "split_sizes",
     "VERIFIED",
 ]
 
@@ -93,6 +98,9 @@ LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 ROWS = COLS = 28
 N_CLASSES = 10
 GZIP_MAGIC = b"\x1f\x8b"
+
+#: The samples of the official MNIST and Fashion-MNIST splits (train, test).
+OFFICIAL_SPLITS = (60000, 10000)
 
 DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
@@ -265,7 +273,7 @@ def _locate(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None,
     """Find the four files (downloading them into the cache if allowed and needed)."""
     if not spec.sums:  # a copy of the user's own: where they say, nowhere else
         if data_dir is None:
-            raise DatasetError(f"--dataset {spec.name} reads your own IDX files: name their folder with --data-dir DIR")
+            raise DatasetError(f"--dataset {spec.name} reads your own IDX files; name their folder with --data-dir DIR")
         folder = Path(data_dir).expanduser()
         found, missing = _files_in(folder)
         if missing:
@@ -550,6 +558,37 @@ def _load(name: str, data_dir: str | os.PathLike[str] | None, download: bool,
 
 
 # ------------------------------------------------------------------------------------------- public API
+
+
+def split_sizes(name: str, data_dir: str | os.PathLike[str] | None = None, *,
+                download: bool = True) -> tuple[int, int]:
+    """``(training samples, test samples)`` of ``name``, read from the headers of its two image files (not verified:
+    :func:`load_dataset` does that). Files not found that would be downloaded count as the official splits.
+    Raises :class:`DatasetError` (one line) when they are not there and cannot be downloaded, or when a header is
+    not an IDX image header."""
+    spec = _spec(name)
+    try:
+        paths, loc = _locate(spec, data_dir, download=False)
+    except DatasetError:
+        if download and data_dir is None and spec.mirrors:
+            return OFFICIAL_SPLITS
+        raise
+    fix = _fix_hint(loc, spec)
+    counts = []
+    for path in (paths[0], paths[2]):
+        try:
+            with open(path, "rb") as raw:
+                head = raw.read(16)
+                if head[:2] == GZIP_MAGIC:
+                    raw.seek(0)
+                    with gzip.open(raw) as unzipped:
+                        head = unzipped.read(16)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DatasetError(f"cannot read {path}: {_one_line(exc)}; {fix}") from None
+        if len(head) < 16 or int.from_bytes(head[:4], "big") != IMAGE_MAGIC:
+            raise DatasetError(f"{path} does not start with an IDX image header; {fix}")
+        counts.append(int.from_bytes(head[4:8], "big"))
+    return counts[0], counts[1]
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *,

@@ -30,13 +30,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 reply.read()
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UsageError(f"tracking server {uri} is unreachable ({reason})") from None
+            raise UsageError(f"tracking server {uri} is unreachable: {reason}",
+                             "start it, or check --tracking-uri / MLFLOW_TRACKING_URI") from None
     elif (path := sqlite_path(uri)) is not None:
         folder = path.resolve().parent
         if not folder.is_dir():
-            raise UsageError(f"tracking URI {uri}: folder {folder} does not exist")
+            raise UsageError(f"tracking URI {uri}: folder {folder} does not exist", "create it, or name another file")
     elif "://" in uri and not uri.startswith(("file://", "postgresql", "mysql", "mssql", "databricks")):
-        raise UsageError(f"tracking URI {uri}: unsupported scheme")
+        raise UsageError(f"tracking URI {uri} has an unsupported scheme",
+                         "give sqlite:///path.db, http(s)://server:port or postgresql://...")
 
 
 def store_exists(uri: str) -> bool:

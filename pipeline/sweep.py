@@ -30,16 +30,12 @@ from model.optimizers import OPTIMIZERS
 from pipeline import store
 from pipeline.data import DATASETS, VERIFIED
 from pipeline.trials import (
-    DEFAULT_WEIGHT_SCALES,
     UsageError,
-    make_grid,
     params_of,
-    parse_batchnorm,
-    parse_seeds,
-    parse_weight_scales,
     run_name,
     trial_key,
 )
+from pipeline.validate import check_args, dataset_usage_error
 
 DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
 #: A claim is checked against runs of other sweeps created since this long before we planned (clock skew).
@@ -61,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit code 2."""
 
     def error(self, message: str):  # noqa: D102
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -131,42 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise UsageError(f"{name} must be positive (got {value})")
-
-
-def trial_base(args: argparse.Namespace) -> dict:
-    """The fixed hyperparameters of every trial, validated."""
-    for name in ("epochs", "batch_size", "train_size", "test_size", "lr", "flush_seconds", "tracking_retry"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
-    try:
-        hidden = [int(h) for h in args.hidden_sizes.split(",")]
-    except ValueError:
-        raise UsageError(f"--hidden-sizes {args.hidden_sizes!r}: expected a comma list of integers") from None
-    if not hidden or min(hidden) < 1:
-        raise UsageError(f"--hidden-sizes {args.hidden_sizes!r}: widths must be positive")
-    return {
-        "dataset": args.dataset,
-        "train_size": args.train_size,
-        "test_size": args.test_size,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": float(args.lr),
-        "optimizer": args.optimizer,
-        "hidden_size_list": hidden,
-        "activation": "relu",
-        "dtype": args.dtype,
-    }
-
-
 def trial_grid(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """``(the fixed hyperparameters, the trial configs)`` the command line asks for, validated."""
-    base = trial_base(args)
-    scales = parse_weight_scales(args.weight_scales) if args.weight_scales else list(DEFAULT_WEIGHT_SCALES)
-    return base, make_grid(base, scales, parse_batchnorm(args.batchnorm), parse_seeds(args.seeds))
+    checked = check_args(args)
+    return checked.base, checked.grid
 
 
 def code_version() -> str:
@@ -245,10 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, plan, start Ray, and run every trial not yet FINISHED."""
-    base, grid = trial_grid(args)
+    checked = check_args(args)
+    base, grid, uri = checked.base, checked.grid, checked.uri
     keys = [trial_key(c) for c in grid]
-    uri = store.resolve_tracking_uri(args.tracking_uri)
-    store.check_tracking_uri(uri)
 
     if args.dry_run:
         return _dry_run(args, uri, grid, keys)
@@ -370,12 +333,8 @@ def trial_data(args: argparse.Namespace, base: dict) -> tuple[tuple, str]:
     try:
         ((x_train, t_train), (x_test, t_test)), checksum = load_dataset_with_checksum(
             args.dataset, args.data_dir, first=(base["train_size"], base["test_size"]))
-    except ValueError as exc:  # DatasetError: a one-line message that names the fix
-        raise UsageError(str(exc)) from None
-    for name, want, have in (("--train-size", base["train_size"], len(x_train)),
-                             ("--test-size", base["test_size"], len(x_test))):
-        if want > have:
-            raise UsageError(f"{name} {want} is larger than the {args.dataset} split ({have} samples)")
+    except ValueError as exc:  # DatasetError: found as the content is read (the sizes were checked before)
+        raise dataset_usage_error(exc) from None
     dtype = np.dtype(base["dtype"])
     data = (np.ascontiguousarray(x_train, dtype=dtype), np.ascontiguousarray(t_train),
             np.ascontiguousarray(x_test, dtype=dtype), np.ascontiguousarray(t_test))

@@ -38,7 +38,11 @@ PARAM_ORDER = (
 
 
 class UsageError(ValueError):
-    """A bad value given by the user; the CLI prints it as one line and exits 2."""
+    """A condition the user caused: the CLI prints ``<what> (<fix>)`` as one line and exits 2."""
+
+    def __init__(self, what: str, fix: str | None = None) -> None:
+        self.what, self.fix = what, fix
+        super().__init__(f"{what} ({fix})" if fix else what)
 
 
 def trial_key(config: dict) -> str:
@@ -85,23 +89,38 @@ def make_grid(
 # --- parsing of CLI values -------------------------------------------------------------------------------
 
 
-def parse_seeds(text: str) -> list[int]:
-    """Parse ``0-4``, ``0,3,7`` or a mix such as ``0-4,9`` into a sorted list of distinct seeds."""
-    seeds: set[int] = set()
+def _parts(option: str, text: str, example: str) -> list[str]:
+    """The ,-separated values of ``option``, none of them empty."""
     parts = [p.strip() for p in text.split(",")]
-    if not text.strip() or any(not p for p in parts):
-        raise UsageError(f"--seeds {text!r}: expected a range like 0-4 or a list like 0,3,7")
-    for part in parts:
+    if any(not p for p in parts):
+        raise UsageError(f"{option} {text!r} has an empty value", f"give {option} a ,-separated list, e.g. "
+                         f"{option} {example}")
+    return parts
+
+
+def parse_seeds(text: str, most: int = 1_000_000) -> list[int]:
+    """Parse ``0-4``, ``0,3,7`` or a mix such as ``0-4,9`` into a sorted list of distinct seeds (at most ``most``,
+    counted before any list is made)."""
+    ranges = []
+    for part in _parts("--seeds", text, "0-4,9"):
         lo_text, sep, hi_text = part.partition("-")
         try:
             lo = int(lo_text)
             hi = int(hi_text) if sep else lo
         except ValueError:
-            raise UsageError(f"--seeds {text!r}: {part!r} is not a seed or a range like 0-4") from None
+            raise UsageError(f"--seeds {text!r}: {part!r} is not a seed or a range",
+                             "give seeds as whole numbers from 0, e.g. --seeds 0-4 or --seeds 0,3,7") from None
         if lo < 0 or hi < 0:
-            raise UsageError(f"--seeds {text!r}: seeds must be non-negative integers")
+            raise UsageError(f"--seeds {text!r}: {part!r} is negative", "give seeds from 0 up")
         if hi < lo:
-            raise UsageError(f"--seeds {text!r}: range {part!r} is empty (the end is below the start)")
+            raise UsageError(f"--seeds {text!r}: range {part!r} is empty", "give a range as start-end, start <= end")
+        ranges.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in ranges)
+    if count > most:
+        raise UsageError(f"--seeds {text} gives {count:,} seeds; at most {most:,} fit in one sweep of this grid",
+                         "run fewer seeds at a time: a sweep adds them to the ones already run")
+    seeds: set[int] = set()
+    for lo, hi in ranges:
         seeds.update(range(lo, hi + 1))
     return sorted(seeds)
 
@@ -109,13 +128,15 @@ def parse_seeds(text: str) -> list[int]:
 def parse_weight_scales(text: str) -> list[float]:
     """Parse a comma list of positive weight scales (standard deviations of the initial weights)."""
     scales: list[float] = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in _parts("--weight-scales", text, "0.1,0.01"):
         try:
             value = float(part)
         except ValueError:
-            raise UsageError(f"--weight-scales: {part!r} is not a number") from None
+            raise UsageError(f"--weight-scales: {part!r} is not a number",
+                             "give standard deviations like 0.1,0.01") from None
         if not math.isfinite(value) or value <= 0:
-            raise UsageError(f"--weight-scales: {part!r} must be a positive finite number")
+            raise UsageError(f"--weight-scales: {part!r} must be a positive finite number",
+                             "give standard deviations above 0, like 0.1,0.01")
         scales.append(value)
     return _distinct(scales)
 
@@ -124,7 +145,7 @@ def parse_batchnorm(text: str) -> list[bool]:
     """``on`` -> [True], ``off`` -> [False], ``both`` -> [True, False]."""
     choices = {"on": [True], "off": [False], "both": [True, False]}
     if text not in choices:
-        raise UsageError(f"--batchnorm {text!r}: choose on, off or both")
+        raise UsageError(f"--batchnorm {text!r} is not a choice", "choose on, off or both")
     return choices[text]
 
 

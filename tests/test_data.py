@@ -159,7 +159,7 @@ def test_idx_reads_only_the_data_dir_it_is_given(monkeypatch, isolated):
     write_idx_dataset(data.cache_dir("idx"), n_train=5, n_test=2)
     with pytest.raises(DatasetError) as excinfo:
         data.load_dataset("idx")
-    assert one_line_error(excinfo) == "--dataset idx reads your own IDX files: name their folder with --data-dir DIR"
+    assert one_line_error(excinfo) == "--dataset idx reads your own IDX files; name their folder with --data-dir DIR"
     write_idx_dataset(isolated / "root" / "idx", n_train=5, n_test=2)
     with pytest.raises(DatasetError) as excinfo:
         data.load_dataset("idx", data_dir=isolated / "root")

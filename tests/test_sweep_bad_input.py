@@ -1,6 +1,16 @@
-"""Bad input: a one-line error naming the problem, exit code 2, and nothing written to MLflow."""
+"""Bad input: a one-line error that names the problem and its fix, exit code 2, and the store untouched.
+
+Table-driven: each case replaces one option of a small valid sweep (or adds one) and runs the real CLI on a copy of
+an MLflow store that already holds a finished sweep. It asserts exit 2, stderr a single line
+``python -m pipeline.sweep: error: <what> (<fix>)`` holding the expected words, no traceback, and every file of the
+store's folder byte for byte as it was (no file added, none changed).
+"""
 
 from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -9,46 +19,143 @@ from tests.topology import free_port
 
 SMALL = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1",
          "--seeds", "0", "--epochs", "1", "--train-size", "100", "--test-size", "100"]
+PREFIX = "python -m pipeline.sweep: error: "
 
+#: (what replaces or joins the small sweep's options, words the error line holds). ``{port}`` is a closed port,
+#: ``{file}`` a file in the case's folder, ``{empty}`` an empty folder there; ``--data-dir None`` leaves it out.
 CASES = [
-    (["--workers", "0"], "--workers must be at least 1"),
-    (["--seeds", "5-2"], "range '5-2' is empty"),
-    (["--seeds", "x"], "'x' is not a seed"),
-    (["--weight-scales", "-0.1"], "'-0.1' must be a positive"),
-    (["--weight-scales", "0"], "'0' must be a positive"),
-    (["--weight-scales", "abc"], "'abc' is not a number"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
-    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--epochs", "two"], "invalid int value: 'two'"),
-    (["--test-size", "20000"], "--test-size 20000 is larger than the fashion-mnist split"),
-    (["--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
+    # sizes, rates and times: type and range
+    (["--workers", "0"], "--workers 0 is out of range (give --workers from 1 to 4096)"),
+    (["--workers", "5000"], "--workers 5000 is out of range"),
+    (["--workers", "x"], "argument --workers: invalid int value: 'x' (see python -m pipeline.sweep --help)"),
+    (["--epochs", "0"], "--epochs 0 is out of range (give --epochs a whole number of at least 1)"),
+    (["--epochs", "-3"], "--epochs -3 is out of range"),
+    (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
+    (["--batch-size", "0"], "--batch-size 0 is out of range"),
+    (["--train-size", "0"], "--train-size 0 is out of range"),
+    (["--test-size", "-1"], "--test-size -1 is out of range"),
+    (["--lr", "0"], "--lr 0 is out of range (give --lr a number above 0)"),
+    (["--lr", "-0.5"], "--lr -0.5 is out of range"),
+    (["--lr", "nan"], "--lr nan is out of range"),
+    (["--lr", "inf"], "--lr inf is out of range"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--flush-seconds", "0"], "--flush-seconds 0 is out of range (give --flush-seconds a number above 0 and at "
+                               "most 3600)"),
+    (["--flush-seconds", "1e9"], "--flush-seconds 1e+09 is out of range"),
+    (["--tracking-retry", "-1"], "--tracking-retry -1 is out of range (give --tracking-retry seconds from 0 to"),
+    (["--orphan-timeout", "0"], "--orphan-timeout 0 is out of range"),
+    # the grid: empty values, bad values, a grid too large
+    (["--weight-scales", ""], "--weight-scales '' has an empty value (give --weight-scales a ,-separated list"),
+    (["--weight-scales", "0.1,,0.01"], "--weight-scales '0.1,,0.01' has an empty value"),
+    (["--weight-scales", "-0.1"], "'-0.1' must be a positive finite number"),
+    (["--weight-scales", "0"], "'0' must be a positive finite number"),
+    (["--weight-scales", "inf"], "'inf' must be a positive finite number"),
+    (["--weight-scales", "nan"], "'nan' must be a positive finite number"),
+    (["--weight-scales", "abc"], "'abc' is not a number (give standard deviations like 0.1,0.01)"),
+    (["--seeds", ""], "--seeds '' has an empty value (give --seeds a ,-separated list, e.g. --seeds 0-4,9)"),
+    (["--seeds", "0,,1"], "--seeds '0,,1' has an empty value"),
+    (["--seeds", "5-2"], "range '5-2' is empty (give a range as start-end, start <= end)"),
+    (["--seeds", "x"], "'x' is not a seed or a range"),
+    (["--seeds", "1.5"], "'1.5' is not a seed or a range"),
+    (["--seeds", "0-100000000"], "--seeds 0-100000000 gives 100,000,001 seeds; at most 500,000 fit in one sweep"),
+    (["--seeds", "0-100000000", "--dry-run"], "gives 100,000,001 seeds"),
+    (["--batchnorm", "maybe"], "argument --batchnorm: invalid choice: 'maybe'"),
+    (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+    (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+    (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["--no-such-option", "1"], "unrecognized arguments: --no-such-option 1"),
+    # the net: bad widths, a net or a number of workers that cannot fit in memory
+    (["--hidden-sizes", ""], "--hidden-sizes '' has an empty value"),
+    (["--hidden-sizes", "100,abc"], "--hidden-sizes '100,abc' is not a list of whole numbers"),
+    (["--hidden-sizes", "100,0"], "--hidden-sizes '100,0' has a width below 1"),
+    (["--hidden-sizes", "100000000"], "a trial with hidden sizes 100000000 needs about"),
+    (["--hidden-sizes", "100000,100000"], "GiB; this machine has"),
+    (["--workers", "1000"], "--workers 1000 need about"),
+    # the experiment's name
+    (["--experiment", ""], "--experiment is empty (name the experiment"),
+    (["--experiment", "   "], "--experiment is empty"),
+    (["--experiment", "x" * 5000], "--experiment is 5,000 characters long (give a name of at most 256 characters)"),
+    (["--experiment", "a\nb"], "--experiment holds a control character"),
+    # the data
+    (["--data-dir", "/nonexistent/folder"], "--data-dir /nonexistent/folder is not a folder"),
+    (["--data-dir", "{file}"], "is not a folder (name the folder that holds the IDX files)"),
+    (["--data-dir", "{empty}"], "does not hold the fashion-mnist files"),
+    (["--dataset", "idx", "--data-dir", "None"], "--dataset idx reads your own IDX files (name their folder"),
+    (["--test-size", "20000"], "--test-size 20000 is larger than the fashion-mnist test split (10000 samples) (give "
+                               "--test-size 10000 or less)"),
+    (["--train-size", "70000"], "--train-size 70000 is larger than the fashion-mnist training split"),
+    (["--dataset", "mnist"], "is not the official mnist train-images-idx3-ubyte"),
+    # where it runs and what records it
     (["--address", "127.0.0.1:{port}"], "Ray cluster at 127.0.0.1:{port} is unreachable"),
+    (["--address", "ray://127.0.0.1:10001"], "Ray Client (ray://) is not supported"),
+    (["--address", "nowhere"], "--address 'nowhere' is not host:port"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "tracking server http://127.0.0.1:{port} is unreachable"),
+    (["--tracking-uri", "ftp://example.invalid/store"], "unsupported"),
 ]
 
 
-@pytest.mark.parametrize(("bad", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(fashion_mnist_dir, tmp_path, bad, message):
-    port = free_port()
-    bad = [a.format(port=port) for a in bad]
-    message = message.format(port=port)
-    args = list(SMALL)
-    for i in range(0, len(bad), 2):  # the bad value replaces the good one
-        if bad[i] in args:
-            args[args.index(bad[i]) + 1] = bad[i + 1]
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and the sha256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def filled_store(tmp_path_factory) -> Path:
+    """A store that holds one finished small sweep, made by the real CLI: copied into each case."""
+    folder = tmp_path_factory.mktemp("filled")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    out = run_sweep(*SMALL, "--tracking-uri", uri, cwd=folder, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return folder / "mlflow.db"
+
+
+FLAGS = {"--dry-run"}
+
+
+def _args(bad: list[str], values: dict[str, str]) -> list[str]:
+    """The small sweep's options with ``bad`` put in: a value replaces the option's own (``None`` drops it)."""
+    args, i = list(SMALL), 0
+    while i < len(bad):
+        option = bad[i]
+        if option in FLAGS:
+            args.append(option)
+            i += 1
+            continue
+        value = bad[i + 1]
+        for key, text in values.items():
+            value = value.replace(key, text)
+        i += 2
+        if option not in args:
+            args += [option, value]
+        elif value == "None":
+            del args[args.index(option):args.index(option) + 2]
         else:
-            args += bad[i : i + 2]
+            args[args.index(option) + 1] = value
+    return args
+
+
+@pytest.mark.parametrize(("bad", "message"), CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, filled_store, tmp_path, bad, message):
+    port = free_port()
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(filled_store, store / "mlflow.db")
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "empty").mkdir()
+    before = _tree(tmp_path)
+    args = _args(bad, {"{port}": str(port), "{file}": str(tmp_path / "a-file"), "{empty}": str(tmp_path / "empty")})
     if "--tracking-uri" not in args:
-        args += ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+        args += ["--tracking-uri", f"sqlite:///{store}/mlflow.db"]
     out = run_sweep(*args, cwd=tmp_path, timeout=120)
-    assert out.returncode == 2, (out.returncode, out.stderr)
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line]
-    assert len(errors) == 1 and lines == errors, out.stderr  # the error line alone: no start-up messages around it
-    assert message in errors[0], out.stderr
-    assert not (tmp_path / "mlflow.db").exists(), "a bad input must not create or touch the store"
-    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+    message = message.replace("{port}", str(port))
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert out.stdout == "" and "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(PREFIX) and lines[0].endswith(")"), out.stderr
+    assert message in lines[0], lines[0]
+    assert _tree(tmp_path) == before, "a bad input must not create or change a file"
 
 
 def test_help_gives_each_option_one_default(tmp_path):

@@ -1,0 +1,172 @@
+"""The one validation step of ``python -m pipeline.sweep``: every option, before Ray starts and before any write.
+
+Each check covers a class of cases (type, range, feasibility: a grid or a net that cannot fit, a split smaller than
+the samples asked for), and every user-caused condition is a :class:`UsageError` whose message says what is wrong
+and, in parentheses, the fix: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from pipeline import store
+from pipeline.data import DatasetError, split_sizes
+from pipeline.trials import (
+    DEFAULT_WEIGHT_SCALES,
+    UsageError,
+    make_grid,
+    parse_batchnorm,
+    parse_seeds,
+    parse_weight_scales,
+)
+
+#: A grid larger than this is refused: each trial is one MLflow run (a million runs is beyond any UI or analysis).
+MAX_TRIALS = 1_000_000
+MAX_WORKERS = 4096
+#: MLflow's limit on an experiment name (its tracking stores hold at most 256 characters in some databases).
+MAX_EXPERIMENT_NAME = 256
+#: What one Ray worker process takes before it trains anything (resident; benchmarks/bench_memory.py: 160 MB).
+WORKER_BYTES = 160 * 2**20
+INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
+#: Arrays an optimizer keeps per parameter, beyond the parameter and its gradient.
+OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adagrad": 1, "adam": 2}
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A checked command line: the fixed hyperparameters, the trials, and the tracking URI."""
+
+    base: dict
+    grid: list[dict]
+    uri: str
+
+
+def _positive(option: str, value: float, *, high: float = math.inf) -> None:
+    if not (math.isfinite(value) and 0 < value <= high):
+        bound = f" and at most {high:g}" if math.isfinite(high) else ""
+        raise UsageError(f"{option} {value:g} is out of range", f"give {option} a number above 0{bound}")
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """The sizes, rates and times: positive, finite, within what a sweep can use."""
+    for name in ("epochs", "batch_size", "train_size", "test_size"):
+        value = getattr(args, name)
+        if value < 1:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"{option} {value} is out of range", f"give {option} a whole number of at least 1")
+    _positive("--lr", args.lr)
+    _positive("--flush-seconds", args.flush_seconds, high=3600)
+    _positive("--orphan-timeout", args.orphan_timeout)
+    if not (math.isfinite(args.tracking_retry) and 0 <= args.tracking_retry <= 86_400):
+        raise UsageError(f"--tracking-retry {args.tracking_retry:g} is out of range",
+                         "give --tracking-retry seconds from 0 to 86400")
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {args.workers} is out of range", f"give --workers from 1 to {MAX_WORKERS}")
+
+
+def parse_hidden_sizes(text: str) -> list[int]:
+    """``100,100,100`` -> the hidden layers' widths, each a whole number of at least 1."""
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p for p in parts):
+        raise UsageError(f"--hidden-sizes {text!r} has an empty value",
+                         "give --hidden-sizes a ,-separated list of widths, e.g. 100,100,100,100,100")
+    try:
+        widths = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--hidden-sizes {text!r} is not a list of whole numbers",
+                         "give widths like 100,100,100,100,100") from None
+    if min(widths) < 1:
+        raise UsageError(f"--hidden-sizes {text!r} has a width below 1", "give every layer at least 1 unit")
+    return widths
+
+
+def trial_bytes(base: dict) -> int:
+    """An estimate from above of the memory one trial needs: its data, its parameters with their gradients and
+    optimizer state, and the activations of its largest pass (inference over both splits at once)."""
+    itemsize = 4 if base["dtype"] == "float32" else 8
+    layers = [INPUT_WIDTH, *base["hidden_size_list"], OUTPUT_WIDTH]
+    params = sum(a * b + 3 * b for a, b in zip(layers, layers[1:], strict=False))  # W, b, BN's gamma and beta
+    rows = max(base["train_size"] + base["test_size"], base["batch_size"])
+    activations = rows * sum(layers) * 4  # affine out, BN's centred and normalised values, the ReLU mask
+    data = (base["train_size"] + base["test_size"]) * (INPUT_WIDTH + 1)
+    return itemsize * (params * (2 + OPTIMIZER_STATE.get(base["optimizer"], 2)) + activations + data)
+
+
+def check_feasible(base: dict, workers: int | None) -> None:
+    """A trial fits in this machine's memory, and ``--workers`` of them at once."""
+    total = psutil.virtual_memory().total
+    need = trial_bytes(base)
+    widths = ",".join(map(str, base["hidden_size_list"]))
+    if need > total:
+        raise UsageError(f"a trial with hidden sizes {widths} needs about {need / GIB:,.1f} GiB; this machine has "
+                         f"{total / GIB:.1f} GiB", "give smaller --hidden-sizes, --train-size or --test-size")
+    if workers is not None and workers * (WORKER_BYTES + need) > total:
+        most = max(1, total // (WORKER_BYTES + need))
+        raise UsageError(f"--workers {workers} need about {workers * (WORKER_BYTES + need) / GIB:,.1f} GiB of "
+                         f"this machine's {total / GIB:.1f} GiB", f"give --workers {most} or fewer")
+
+
+def check_experiment(name: str) -> None:
+    """An MLflow experiment name: not blank, at most 256 characters, one line of printable characters."""
+    if not name.strip():
+        raise UsageError("--experiment is empty", "name the experiment, e.g. --experiment batchnorm-weight-scale")
+    if len(name) > MAX_EXPERIMENT_NAME:
+        raise UsageError(f"--experiment is {len(name):,} characters long",
+                         f"give a name of at most {MAX_EXPERIMENT_NAME} characters")
+    if not name.isprintable():
+        raise UsageError("--experiment holds a control character (a line break, tab or NUL)", "give it on one line")
+
+
+def check_data(args: argparse.Namespace, base: dict) -> None:
+    """The data's folder exists, and its splits hold the samples asked for (read from the files' headers; the
+    content is verified as it is loaded)."""
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder", "name the folder that holds the IDX files")
+    try:
+        n_train, n_test = split_sizes(args.dataset, args.data_dir)
+    except DatasetError as exc:
+        raise dataset_usage_error(exc) from None
+    for option, want, have, split in (("--train-size", base["train_size"], n_train, "training"),
+                                      ("--test-size", base["test_size"], n_test, "test")):
+        if want > have:
+            raise UsageError(f"{option} {want} is larger than the {args.dataset} {split} split ({have} samples)",
+                             f"give {option} {have} or less")
+
+
+def dataset_usage_error(exc: Exception) -> UsageError:
+    """A :class:`DatasetError` (``<what>; <fix>``) as a usage error (``<what> (<fix>)``)."""
+    what, _, fix = str(exc).partition("; ")
+    return UsageError(what, fix or "see --dataset and --data-dir")
+
+
+def check_args(args: argparse.Namespace) -> Checked:
+    """Check the whole command line; :class:`UsageError` on the first problem. Reads, never writes."""
+    check_numbers(args)
+    base = {
+        "dataset": args.dataset,
+        "train_size": args.train_size,
+        "test_size": args.test_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": float(args.lr),
+        "optimizer": args.optimizer,
+        "hidden_size_list": parse_hidden_sizes(args.hidden_sizes),
+        "activation": "relu",
+        "dtype": args.dtype,
+    }
+    scales = parse_weight_scales(args.weight_scales) if args.weight_scales is not None else DEFAULT_WEIGHT_SCALES
+    arms = parse_batchnorm(args.batchnorm)
+    seeds = parse_seeds(args.seeds, most=MAX_TRIALS // (len(scales) * len(arms)))
+    check_feasible(base, args.workers)
+    check_experiment(args.experiment)
+    check_data(args, base)
+    uri = store.resolve_tracking_uri(args.tracking_uri)
+    store.check_tracking_uri(uri)
+    return Checked(base=base, grid=make_grid(base, scales, arms, seeds), uri=uri)
+
