@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     cap_http_retries()  # before any MLflow client exists
     uri = resolve_tracking_uri(args.tracking_uri)
     _say(f"checking tracking store {uri} ...")
-    check_tracking_uri(uri)
+    check_tracking_uri(uri, write=not args.no_log)
     _say(f"loading FINISHED trial runs of experiment {args.experiment!r} ...")
     df = load_runs(args.experiment, uri, check_uri=False)
     if df.empty:

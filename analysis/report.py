@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis.figures import metric_label, scale_labels, seeds_text
+from tracking.uri import display_store
 
 #: Final train accuracy below this counts as "failed to learn" (chance is 0.10 for 10 classes).
 FAIL_THRESHOLD = 0.2
@@ -66,13 +66,6 @@ def describe_setup(df: pd.DataFrame) -> list[str]:
     lines.append(f"seeds: {_seeds_list(df['seed'].unique()) if len(df) else 'none'}")
     lines.append(f"code version (git commit): {_values_text(df, 'code_version')}")
     return lines
-
-
-def display_store(uri: str) -> str:
-    """The tracking store for a reader: a SQLite store by its absolute path, any other URI as it is."""
-    if uri.startswith("sqlite:///"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
-    return uri
 
 
 def describe_scales(selected: Sequence[float], all_scales: Sequence[float]) -> str:

@@ -1,6 +1,6 @@
 """What MLflow costs the sweep per trial: the driver's exact calls, against SQLite and a real ``mlflow server``.
 
-Per trial the sweep's driver (pipeline/sweep.py with pipeline/tracking.py ``Tracker``) does:
+Per trial the sweep's driver (pipeline/sweep.py with pipeline/tracker.py ``Tracker``) does:
 
 1. ``create_run``: ``MlflowClient.create_run`` with the trial's tags, where it runs included (a one-node
    cluster, as the sweep's own local Ray; after its task is submitted);
@@ -87,7 +87,7 @@ def time_tracker(uri: str, grid: list[dict], *, warmup: int = 3, experiment: str
     """
     import numpy as np
 
-    from pipeline import tracking
+    from pipeline import tracker as tracking
     from pipeline.trials import params_of, run_name, trial_key
 
     tracker = tracking.Tracker(uri, retry_seconds=30)

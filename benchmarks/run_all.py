@@ -185,7 +185,7 @@ def section_logging(grid: list[dict], trial_seconds: float | None, workers: int)
 
 def section_analysis(runs: int, repeats: int) -> dict:
     """``bench_analysis_load`` in a fresh process: its first call is really cold, and this process's MLflow
-    settings (pipeline.tracking sets a 15 s HTTP timeout and no retries for the sweep) do not leak into it."""
+    settings (pipeline.tracker sets a 15 s HTTP timeout and no retries for the sweep) do not leak into it."""
     from benchmarks.bench_sweep import bench_env, tail
 
     with tempfile.TemporaryDirectory(prefix="bns-bench-an-") as tmp:

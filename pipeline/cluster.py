@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -40,28 +41,45 @@ def check_address(address: str, timeout: float = 5.0) -> None:
                          "start it with `ray start --head`, or leave out --address for a local Ray") from None
 
 
-def connect(address: str | None, workers: int | None, verbose: bool = False) -> int:
+def connect(address: str | None, workers: int | None, verbose: bool = False, timeout: float = 30.0) -> int:
     """Join the cluster at ``address``, or start a local Ray bound to 127.0.0.1; return the cluster's CPUs.
 
     A local instance gets ``workers`` CPUs (at least the machine's), so ``--workers`` trials really run at once.
-    Ray's own start-up messages (its warnings, what its processes write to the terminal) are hidden unless
-    ``verbose``.
+    Joining waits at most ``timeout`` seconds: ``ray.init`` can wait for minutes inside Ray's C++ core for a cluster
+    that is gone (``auto`` finding the address of a stopped one), where no Python signal handler runs, so a timer
+    then ends the process with the one-line error (exit 2); the sweep joins before anything is written. Ray's own
+    start-up messages (its warnings, what its processes write to the terminal) are hidden unless ``verbose``.
     """
     common = {"include_dashboard": False, "log_to_driver": False,
               "logging_level": logging.INFO if verbose else logging.ERROR}
+    terminal = os.dup(2) if address else -1  # the timeout's error line goes here while Ray's messages are hidden
     with quiet_stderr(not verbose):
         if address:
+            watchdog = threading.Timer(timeout, _give_up, args=(address, timeout, terminal))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 ray.init(address=address, **common)
             except Exception as exc:  # noqa: BLE001 - any failure to join is a one-line usage error
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise UsageError(f"cannot join the Ray cluster at {address}: {first}",
                                  "check --address with `ray status`, or leave it out for a local Ray") from None
+            finally:
+                watchdog.cancel()
+                os.close(terminal)
         else:
             cpus = max(workers or 0, os.cpu_count() or 1)
             with _lean_local_ray():
                 ray.init(num_cpus=cpus, _node_ip_address=LOCAL_HOST, _system_config=SOCKET_RETRY, **common)
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+def _give_up(address: str, timeout: float, terminal: int) -> None:
+    """The join timed out: say so on the terminal and end the process (nothing of the sweep has started)."""
+    os.write(terminal, (f"python -m pipeline.sweep: error: the Ray cluster at {address} did not answer within "
+                        f"{timeout:g} s (start it with `ray start --head`, check --address, or raise "
+                        "--connect-timeout)\n").encode())
+    os._exit(2)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from model.optimizers import OPTIMIZERS
-from pipeline import store
 from pipeline.data import DATASETS, VERIFIED
 from pipeline.trials import (
     UsageError,
@@ -36,6 +35,7 @@ from pipeline.trials import (
     trial_key,
 )
 from pipeline.validate import check_args, dataset_usage_error
+from tracking.uri import mlflow_ui_command
 
 DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
 #: A claim is checked against runs of other sweeps created since this long before we planned (clock skew).
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials running at once (default: the cluster's CPUs)")
     r.add_argument("--address", default=None,
                    help="host:port of an existing Ray cluster to join (default: start a local Ray on 127.0.0.1)")
+    r.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds to wait for the Ray cluster of --address to answer")
     r.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     r.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
@@ -214,17 +216,21 @@ def run(args: argparse.Namespace) -> int:
     keys = [trial_key(c) for c in grid]
 
     if args.dry_run:
-        return _dry_run(args, uri, grid, keys)
+        return _dry_run(args, uri, grid, keys, checked.store.exists)
 
     from pipeline import cluster
 
+    started = time.perf_counter()
+    joined = None
     if args.address:
         cluster.check_address(args.address)
-    started = time.perf_counter()
+        # A cluster is joined before anything touches the store: one that does not answer within --connect-timeout
+        # ends the sweep (exit 2) with nothing written.
+        joined = cluster.connect(args.address, args.workers, args.verbose, timeout=args.connect_timeout)
     # Ray starts at once, and the preparer imports MLflow and plans beside it: asking MLflow first what is left to
     # run would put MLflow's import (about 1.4 s) before Ray's start-up in every sweep that adds seeds to a store. A
     # grid already complete then starts Ray, and a trial per worker, for nothing ("Nothing to run" at 3.5 s, not 2.2).
-    new_store = not store.store_exists(uri)
+    new_store = not checked.store.exists
 
     # From here on Ctrl-C (and SIGTERM) only set `stop`, and the driver acts on it at its next step. Raised at
     # once, KeyboardInterrupt could land inside Python's import machinery while Ray imports a module, and leave
@@ -250,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     preparer.start()
     try:
         # a Ctrl-C meanwhile is acted on once it returns
-        cpus = cluster.connect(args.address, args.workers, args.verbose)
+        cpus = joined if joined is not None else cluster.connect(None, args.workers, args.verbose)
         early = None
         # Until the plan is made (MLflow's import, and the store's schema or a read of its runs: a second or two),
         # the workers train the grid's trials in the order the plan most likely runs them: on a new store all of them
@@ -291,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
     """(FINISHED keys, keys that diverged and have no FINISHED run); diverged ones count as settled unless retried."""
-    from pipeline import tracking
+    from pipeline import tracker as tracking
 
     finished = {r.trial_key for r in runs if r.status == "FINISHED"}
     diverged = {r.trial_key for r in runs if r.status == "FAILED"
@@ -299,11 +305,11 @@ def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
     return finished, (set() if retry_diverged else diverged)
 
 
-def _finished_keys(args: argparse.Namespace, uri: str) -> set[str]:
+def _finished_keys(args: argparse.Namespace, uri: str, exists: bool) -> set[str]:
     """The trial keys already settled (FINISHED, or diverged unless retried). Read-only: creates nothing."""
-    if not store.store_exists(uri):
+    if not exists:
         return set()
-    from pipeline import tracking
+    from pipeline import tracker as tracking
 
     tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry)
     exp_id = tracker.find_experiment_id(args.experiment)
@@ -313,8 +319,8 @@ def _finished_keys(args: argparse.Namespace, uri: str) -> set[str]:
     return finished | diverged
 
 
-def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str]) -> int:
-    done = _finished_keys(args, uri)
+def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str], exists: bool) -> int:
+    done = _finished_keys(args, uri, exists)
     todo = [c for c, k in zip(grid, keys, strict=True) if k not in done]
     print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED (or diverged) in "
           f"experiment {args.experiment!r} at {uri}, {len(todo)} would run.")
@@ -379,7 +385,7 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
 
         from tqdm import tqdm
 
-        from pipeline import tracking
+        from pipeline import tracker as tracking
 
         tracker = tracking.Tracker(uri, retry_seconds=args.tracking_retry,
                                    on_retry=lambda m: tqdm.write(m, file=sys.stderr))
@@ -474,7 +480,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     import ray
     from tqdm import tqdm
 
-    from pipeline import cluster, tracking
+    from pipeline import cluster
+    from pipeline import tracker as tracking
     from pipeline.tasks import train_trial
 
     tracker, exp_id, sweep_id, driver, todo = plan.tracker, plan.exp_id, plan.sweep_id, plan.driver, plan.todo
@@ -489,7 +496,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         _say(f"Ended {plan.orphans} orphaned RUNNING run(s) of an earlier sweep as FAILED; their trials run again.")
     if plan.running_elsewhere:
         _say(f"{plan.running_elsewhere} trial(s) are RUNNING in another live sweep; left to it.")
-    ui = store.mlflow_ui_command(uri, exp_id)
+    ui = mlflow_ui_command(uri, exp_id)
     # Tasks whose results the sweep does not want: trials started before the plan that it leaves out (already
     # FINISHED, or another sweep has them), and trials whose claim another sweep won. Each keeps its worker until it
     # ends on its own; what it measured is dropped, so it writes nothing. They are never cancelled: in Ray 2.60,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psutil
 
-from pipeline import store
 from pipeline.data import DatasetError, split_sizes
 from pipeline.trials import (
     DEFAULT_WEIGHT_SCALES,
@@ -24,6 +23,7 @@ from pipeline.trials import (
     parse_seeds,
     parse_weight_scales,
 )
+from tracking.uri import Store, StoreError, check_store, resolve_tracking_uri
 
 #: A grid larger than this is refused: each trial is one MLflow run (a million runs is beyond any UI or analysis).
 MAX_TRIALS = 1_000_000
@@ -40,11 +40,12 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class Checked:
-    """A checked command line: the fixed hyperparameters, the trials, and the tracking URI."""
+    """A checked command line: the fixed hyperparameters, the trials, the tracking URI and what it names."""
 
     base: dict
     grid: list[dict]
     uri: str
+    store: Store
 
 
 def _positive(option: str, value: float, *, high: float = math.inf) -> None:
@@ -63,6 +64,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     _positive("--lr", args.lr)
     _positive("--flush-seconds", args.flush_seconds, high=3600)
     _positive("--orphan-timeout", args.orphan_timeout)
+    _positive("--connect-timeout", args.connect_timeout, high=3600)
     if not (math.isfinite(args.tracking_retry) and 0 <= args.tracking_retry <= 86_400):
         raise UsageError(f"--tracking-retry {args.tracking_retry:g} is out of range",
                          "give --tracking-retry seconds from 0 to 86400")
@@ -166,7 +168,10 @@ def check_args(args: argparse.Namespace) -> Checked:
     check_feasible(base, args.workers)
     check_experiment(args.experiment)
     check_data(args, base)
-    uri = store.resolve_tracking_uri(args.tracking_uri)
-    store.check_tracking_uri(uri)
-    return Checked(base=base, grid=make_grid(base, scales, arms, seeds), uri=uri)
+    try:
+        uri = resolve_tracking_uri(args.tracking_uri)
+        store = check_store(uri, write=True)
+    except StoreError as exc:
+        raise UsageError(exc.what, exc.fix) from None
+    return Checked(base=base, grid=make_grid(base, scales, arms, seeds), uri=uri, store=store)
 

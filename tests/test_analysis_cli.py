@@ -192,7 +192,7 @@ def test_module_entry_point_help_and_unreachable_server(tmp_path):
     failed = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "x", "--tracking-uri", url],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2
-    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: cannot reach MLflow tracking server {url}")
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: tracking server {url} is unreachable")
     assert not (tmp_path / "analysis-out").exists()
 
 

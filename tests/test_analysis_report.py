@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.report import NO_SPREAD, build_report, describe_setup, display_store, findings
+from analysis.report import NO_SPREAD, build_report, describe_setup, findings
 from analysis.stats import final_summary, paired_comparison
+from tracking.uri import display_store
 
 SETUP = {"dataset": "fashion-mnist", "train_size": 1000, "test_size": 500, "epochs": 2, "batch_size": 100,
          "lr": 0.01, "optimizer": "sgd", "hidden_size_list": "[100, 100, 100, 100, 100]", "activation": "relu",

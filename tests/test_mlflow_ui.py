@@ -5,7 +5,7 @@ switch, which it reads from the address's ``workflowType`` query parameter, else
 (default: GenAI, an overview of traces). The experiment tag ``mlflow.experimentKind = custom_model_development``,
 which the sweep sets, does not choose the view. So:
 
-- the address the sweep prints (``pipeline.store.runs_view_url``) opens the runs table, and a trial run opened the
+- the address the sweep prints (``tracking.uri.runs_view_url``) opens the runs table, and a trial run opened the
   same way says "Runs" in its breadcrumb, not "Evaluations";
 - the bare experiment address opens the GenAI overview: the control that shows the checks can fail. Should a later
   MLflow honour the tag, that test fails, and the bare address is then enough.
@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.store import mlflow_ui_command, runs_view_url
-from pipeline.tracking import EXPERIMENT_TAGS
+from pipeline.tracker import EXPERIMENT_TAGS
 from tests.mlflow_fixtures import log_trial_run, trial_config
 from tests.topology import MlflowServer, mlflow_server
+from tracking.uri import mlflow_ui_command, runs_view_url
 
 pytestmark = pytest.mark.slow
 

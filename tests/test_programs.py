@@ -43,13 +43,13 @@ def _probe(module: str, home: Path, **extra: str) -> str:
     return json.loads(out.strip().splitlines()[-1])["client"]
 
 
-@pytest.mark.parametrize("module", ["pipeline.tracking", "analysis"])
+@pytest.mark.parametrize("module", ["pipeline.tracker", "analysis"])
 def test_no_mlflow_telemetry_by_default(module, tmp_path):
     assert _probe(module, tmp_path) == "NoneType"
     assert not (tmp_path / ".config" / "mlflow").exists()  # no installation id written either
 
 
-@pytest.mark.parametrize("module", ["pipeline.tracking", "analysis"])
+@pytest.mark.parametrize("module", ["pipeline.tracker", "analysis"])
 def test_the_users_own_setting_wins(module, tmp_path):
     # the probe is able to see a live client: with telemetry asked for, MLflow creates one
     assert _probe(module, tmp_path, MLFLOW_DISABLE_TELEMETRY="false") == "TelemetryClient"

@@ -141,7 +141,7 @@ print(db.execute("select count(*) from experiments").fetchone()[0])
 
 def test_a_reader_of_the_sqlite_store_never_waits_for_the_writer(tmp_path):
     """WAL mode: ``mlflow ui`` or ``python -m analysis`` read the store while the sweep holds a write lock on it."""
-    from pipeline.tracking import Tracker
+    from pipeline.tracker import Tracker
 
     path = tmp_path / "mlflow.db"
     Tracker(f"sqlite:///{path}").ensure_experiment("wal")  # creates the store as the sweep does

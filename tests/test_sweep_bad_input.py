@@ -9,12 +9,15 @@ store's folder byte for byte as it was (no file added, none changed).
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
+import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import FASHION_DIR, run_sweep
+from tests.sweep_helpers import FASHION_DIR, run_sweep, sweep_cmd, sweep_env
 from tests.topology import free_port
 
 SMALL = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1",
@@ -91,7 +94,27 @@ CASES = [
     (["--address", "ray://127.0.0.1:10001"], "Ray Client (ray://) is not supported"),
     (["--address", "nowhere"], "--address 'nowhere' is not host:port"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "tracking server http://127.0.0.1:{port} is unreachable"),
-    (["--tracking-uri", "ftp://example.invalid/store"], "unsupported"),
+    (["--connect-timeout", "0"], "--connect-timeout 0 is out of range"),
+    (["--address", "auto", "--connect-timeout", "2"], "the Ray cluster at auto did not answer within 2 s (start it",
+     {"RAY_ADDRESS": "127.0.0.1:{port}"}),
+    # what the tracking URI really is
+    (["--tracking-uri", ""], "--tracking-uri is empty (give sqlite:///path.db"),
+    (["--tracking-uri", "ftp://example.invalid/store"], "has an unsupported scheme"),
+    (["--tracking-uri", "sqlite:///"], "tracking URI sqlite:/// is an in-memory SQLite store (name a file"),
+    (["--tracking-uri", "sqlite://"], "is an in-memory SQLite store"),
+    (["--tracking-uri", "sqlite:///{empty}"], "names the folder"),
+    (["--tracking-uri", "sqlite:///{empty}/no/such/mlflow.db"], "of the tracking store does not exist (create it"),
+    (["--tracking-uri", "mlflow.db"], "tracking URI mlflow.db is a path, not a URI"),
+    (["--tracking-uri", "file:///tmp/mlruns"], "is a path, not a URI"),
+    (["--tracking-uri", "sqlite:///{other}"], "is a SQLite database of another application, not an MLflow store"),
+    (["--tracking-uri", "sqlite:///{random}"], "is not a SQLite database"),
+    (["--tracking-uri", "sqlite:///{incomplete}"], "is an incomplete MLflow store (tables missing: alembic_version"),
+    (["--tracking-uri", "postgresql+psycopg2://u:p@127.0.0.1:{port}/mlflow"],
+     "cannot reach the database at 127.0.0.1:{port}: Connection refused (start it"),
+    (["--tracking-uri", "postgresql+pg8000://u@127.0.0.1:{port}/mlflow"], "the database driver pg8000 of "
+     "postgresql+pg8000://u@127.0.0.1:{port}/mlflow is not installed (pip install pg8000"),
+    (["--tracking-uri", "mysql://u@127.0.0.1:{port}/mlflow"], "mysql"),
+    (["--tracking-uri", "postgresql+nodriver://u@127.0.0.1/mlflow"], "is not a database URL SQLAlchemy knows"),
 ]
 
 
@@ -136,19 +159,41 @@ def _args(bad: list[str], values: dict[str, str]) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize(("bad", "message"), CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, filled_store, tmp_path, bad, message):
+def _other_files(folder: Path) -> dict[str, str]:
+    """Files a store URI may name that are no MLflow store: another application's SQLite database, random bytes,
+    and an MLflow store whose making stopped before its last tables."""
+    files = {"{other}": folder / "app.sqlite", "{random}": folder / "noise.db", "{incomplete}": folder / "half.db"}
+    with sqlite3.connect(files["{other}"]) as db:
+        db.execute("CREATE TABLE contacts (name TEXT, phone TEXT)")
+        db.execute("INSERT INTO contacts VALUES ('Ada', '555')")
+    db.close()
+    files["{random}"].write_bytes(random.Random(7).randbytes(8192))
+    with sqlite3.connect(files["{incomplete}"]) as db:
+        db.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT)")
+    db.close()
+    return {key: str(path) for key, path in files.items()}
+
+
+CASE_IDS = [" ".join(c[0])[:60] for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, filled_store, tmp_path, case):
+    bad, message, env = case if len(case) == 3 else (*case, {})
     port = free_port()
     store = tmp_path / "store"
     store.mkdir()
     shutil.copy(filled_store, store / "mlflow.db")
     (tmp_path / "a-file").write_text("not a folder\n")
     (tmp_path / "empty").mkdir()
+    values = {"{port}": str(port), "{file}": str(tmp_path / "a-file"), "{empty}": str(tmp_path / "empty"),
+              **_other_files(tmp_path)}
     before = _tree(tmp_path)
-    args = _args(bad, {"{port}": str(port), "{file}": str(tmp_path / "a-file"), "{empty}": str(tmp_path / "empty")})
+    args = _args(bad, values)
     if "--tracking-uri" not in args:
         args += ["--tracking-uri", f"sqlite:///{store}/mlflow.db"]
-    out = run_sweep(*args, cwd=tmp_path, timeout=120)
+    extra = {name: value.replace("{port}", str(port)) for name, value in env.items()}
+    out = run_sweep(*args, cwd=tmp_path, timeout=120, env=sweep_env(**extra))
     message = message.replace("{port}", str(port))
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
     assert out.stdout == "" and "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -168,3 +213,23 @@ def test_help_gives_each_option_one_default(tmp_path):
     for option in ("--weight-scales", "--workers", "--tracking-uri", "--epochs", "--flush-seconds"):
         shown = text[text.index(f"{option} "):].split(" --", 1)[0]
         assert shown.count("(default:") == 1, shown
+
+
+@pytest.mark.parametrize("name", ["mlflow.db", "new.db"], ids=["store", "folder"])
+def test_a_store_on_a_read_only_filesystem_is_refused_and_left_as_it_was(fashion_mnist_dir, filled_store, tmp_path,
+                                                                         name):
+    """The store's folder mounted read-only (a mount namespace of our own, so root or not): the store that is there
+    and a new store in that folder are both refused before anything starts."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(filled_store, folder / "mlflow.db")
+    before = _tree(tmp_path)
+    read_only = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", read_only, "sh", str(folder),
+               *sweep_cmd(*SMALL, "--tracking-uri", f"sqlite:///{folder / name}")]
+    out = subprocess.run(command, cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    what = f"SQLite store {folder / name} is read-only" if name == "mlflow.db" else \
+        f"folder {folder} of the tracking store is read-only"
+    assert out.stderr.splitlines() == [f"{PREFIX}{what} (make it writable, or pass another --tracking-uri)"]
+    assert _tree(tmp_path) == before

@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import psutil
 
-from pipeline import store
 from pipeline.trials import UsageError
+from tracking.uri import sqlite_path
 
 # The MLflow client retries an unreachable server for minutes by default; our own retry loop decides instead.
 for _name, _value in (
@@ -53,7 +53,7 @@ RUN_KIND_TRIAL = "trial"
 DIVERGED = "diverged"
 METRIC_NAMES = ("train_acc", "test_acc", "train_loss")
 #: Tags of the experiment a sweep creates: its description in the UI, and MLflow 3's experiment kind "Model
-#: training" (the UI still opens an experiment by the ``workflowType`` of its address: see store.runs_view_url).
+#: training" (the UI still opens an experiment by the ``workflowType`` of its address: see tracking.uri.runs_view_url).
 EXPERIMENT_TAGS = {
     "mlflow.note.content": "Batch-normalization weight-scale sweep (bnsweep). One run per trial.",
     "mlflow.experimentKind": "custom_model_development",
@@ -100,7 +100,7 @@ def _creating_sqlite_store(uri: str) -> Iterator[None]:
     locks with ``fcntl`` byte-range locks, which ``flock`` does not touch: readers and writers of the store (``mlflow
     ui``, a running sweep) never wait for this lock, only another process opening the store through it.
     """
-    path = store.sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None:
         yield
         return
