@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from analysis.load import diverged_counts, load_runs, varying_config
 from analysis.report import build_report, describe_data, findings
 from analysis.stats import ALPHA, DEFAULT_WIDTH, arm_summary, final_summary, nearest_scale, paired_comparison
 from analysis.store import cap_http_retries, check_tracking_uri, resolve_tracking_uri
+from tracking.uri import StoreError, check_experiment_name
 
 DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
 DEFAULT_CURVES_SCALE = 0.01
@@ -47,9 +49,19 @@ def _alpha(text: str) -> float:
     return value
 
 
+PROG = "python -m analysis"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) that point at --help, exit code 2."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m analysis",
+    p = _Parser(
+        prog=PROG,
         description="Analyse a batch-norm weight-scale sweep stored in MLflow: mean +- std curves, the 4x4 grid "
                     "over weight scales, paired BN - plain statistics across seeds, and seeds needed. Writes "
                     "figures (PNG+SVG), summary.csv, comparison.csv and report.md, and logs them as artifacts of "
@@ -60,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (sqlite:///path.db or http://host:port); default: env "
                         "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (the sweep's default)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", default=None,
                    help="output directory (default: analysis-out/<experiment>)")
     p.add_argument("--scale", type=_positive_float, default=DEFAULT_CURVES_SCALE,
                    help="weight scale for curves.png; the present scale nearest to it in log space is used "
@@ -125,16 +137,43 @@ def log_analysis_run(uri: str, experiment_id: str, files: list[Path], params: di
     return run_id
 
 
+def check_out(option: str | None, out: Path) -> None:
+    """The output folder: absent (made in a folder that can be written) or a folder that can be written."""
+    if option is not None and not option.strip():
+        raise AnalysisError("--out is empty (name a folder, or leave the option out for analysis-out/<experiment>)")
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"--out {out} exists and is not a folder (name a folder, or remove the file)")
+    existing = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
+    if not existing.is_dir():
+        raise AnalysisError(f"--out {out}: {existing} is not a folder (name a folder whose parents are folders)")
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise AnalysisError(f"--out {out}: {existing} is not writable (name a folder you can write, or fix its "
+                            "permissions)")
+
+
+def check_args(args: argparse.Namespace) -> str:
+    """Every option and the store, before anything is printed, read from MLflow or written; returns the URI."""
+    try:
+        check_experiment_name(args.experiment)
+    except StoreError as exc:
+        raise AnalysisError(str(exc)) from None
+    check_out(args.out, _out_folder(args))
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri, write=not args.no_log)
+    return uri
+
+
+def _out_folder(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out is not None else Path("analysis-out") / _safe_dirname(args.experiment)
+
+
 def run(args: argparse.Namespace) -> int:
     cap_http_retries()  # before any MLflow client exists
-    uri = resolve_tracking_uri(args.tracking_uri)
-    _say(f"checking tracking store {uri} ...")
-    check_tracking_uri(uri, write=not args.no_log)
-    _say(f"loading FINISHED trial runs of experiment {args.experiment!r} ...")
+    uri = check_args(args)
     df = load_runs(args.experiment, uri, check_uri=False)
     if df.empty:
-        raise AnalysisError(f"experiment {args.experiment!r} has no FINISHED trial runs (tag run_kind=trial) "
-                            f"at {uri}")
+        raise AnalysisError(f"experiment {args.experiment!r} at {uri} has no FINISHED trial runs (tag "
+                            "run_kind=trial) (run the sweep first, or let it finish)")
     n_runs = df["run_id"].nunique()
     scales = sorted(df["weight_scale"].unique())
     t = df.attrs.get("timings_s", {})
@@ -155,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         _say(f"--scale {args.scale:g} not present; curves.png uses the nearest present scale "
              f"W={scale_labels([curves_scale])[curves_scale]}")
 
-    out = args.out if args.out is not None else Path("analysis-out") / _safe_dirname(args.experiment)
+    out = _out_folder(args)
     out.mkdir(parents=True, exist_ok=True)
     context = describe_data(df)
     written: list[Path] = []
@@ -206,16 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # MLflow/server failures: one line, not a traceback
         from mlflow.exceptions import MlflowException
 
         if isinstance(exc, MlflowException | OSError):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"error: {first}", file=sys.stderr)
+            print(f"{PROG}: error: {first}", file=sys.stderr)
             return 1
         raise

@@ -71,9 +71,11 @@ def load_runs(
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise AnalysisError(f"experiment {experiment!r} not found at {uri}")
+        raise AnalysisError(f"experiment {experiment!r} not found at {uri} (check --experiment: it is the "
+                            "sweep's --experiment, batchnorm-weight-scale by default)")
     if exp.lifecycle_stage != "active":
-        raise AnalysisError(f"experiment {experiment!r} at {uri} is deleted")
+        raise AnalysisError(f"experiment {experiment!r} at {uri} is deleted (restore it with `mlflow experiments "
+                            "restore`, or pick another --experiment)")
 
     t0 = time.perf_counter()
     server = is_server(client)

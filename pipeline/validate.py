@@ -23,13 +23,11 @@ from pipeline.trials import (
     parse_seeds,
     parse_weight_scales,
 )
-from tracking.uri import Store, StoreError, check_store, resolve_tracking_uri
+from tracking.uri import Store, StoreError, check_experiment_name, check_store, resolve_tracking_uri
 
 #: A grid larger than this is refused: each trial is one MLflow run (a million runs is beyond any UI or analysis).
 MAX_TRIALS = 1_000_000
 MAX_WORKERS = 4096
-#: MLflow's limit on an experiment name (its tracking stores hold at most 256 characters in some databases).
-MAX_EXPERIMENT_NAME = 256
 #: What one Ray worker process takes before it trains anything (resident; benchmarks/bench_memory.py: 160 MB).
 WORKER_BYTES = 160 * 2**20
 INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
@@ -114,17 +112,6 @@ def check_feasible(base: dict, workers: int | None) -> None:
                          f"this machine's {total / GIB:.1f} GiB", f"give --workers {most} or fewer")
 
 
-def check_experiment(name: str) -> None:
-    """An MLflow experiment name: not blank, at most 256 characters, one line of printable characters."""
-    if not name.strip():
-        raise UsageError("--experiment is empty", "name the experiment, e.g. --experiment batchnorm-weight-scale")
-    if len(name) > MAX_EXPERIMENT_NAME:
-        raise UsageError(f"--experiment is {len(name):,} characters long",
-                         f"give a name of at most {MAX_EXPERIMENT_NAME} characters")
-    if not name.isprintable():
-        raise UsageError("--experiment holds a control character (a line break, tab or NUL)", "give it on one line")
-
-
 def check_data(args: argparse.Namespace, base: dict) -> None:
     """The data's folder exists, and its splits hold the samples asked for (read from the files' headers; the
     content is verified as it is loaded)."""
@@ -166,9 +153,9 @@ def check_args(args: argparse.Namespace) -> Checked:
     arms = parse_batchnorm(args.batchnorm)
     seeds = parse_seeds(args.seeds, most=MAX_TRIALS // (len(scales) * len(arms)))
     check_feasible(base, args.workers)
-    check_experiment(args.experiment)
     check_data(args, base)
     try:
+        check_experiment_name(args.experiment)
         uri = resolve_tracking_uri(args.tracking_uri)
         store = check_store(uri, write=True)
     except StoreError as exc:

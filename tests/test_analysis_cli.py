@@ -142,7 +142,7 @@ def test_unknown_experiment_exits_2_and_leaves_the_store_untouched(sweep, tmp_pa
     digest = db_digest(uri)
     assert main(["--experiment", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: experiment 'nope' not found")
+    assert err[-1].startswith("python -m analysis: error: experiment 'nope' not found")
     assert [e.name for e in client.search_experiments(view_type=ViewType.ALL)] == experiments
     assert db_digest(uri) == digest
     assert not (tmp_path / "o").exists()
@@ -158,7 +158,8 @@ def test_experiment_without_finished_trials_exits_2_and_logs_nothing(tmp_path, c
                   {"train_acc": rng.uniform(size=3)}, run_kind="analysis")
     digest = db_digest(uri)
     assert main(["--experiment", "empty", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
-    assert "error: experiment 'empty' has no FINISHED trial runs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "python -m analysis: error: experiment 'empty' at " in err and "has no FINISHED trial runs" in err
     assert db_digest(uri) == digest
     assert len(all_runs(client, exp_id)) == 2
 
@@ -166,7 +167,7 @@ def test_experiment_without_finished_trials_exits_2_and_logs_nothing(tmp_path, c
 def test_missing_store_exits_2_without_creating_it(tmp_path, capsys):
     path = tmp_path / "absent.db"
     assert main(["--experiment", "x", "--tracking-uri", f"sqlite:///{path}"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no MLflow store at")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("python -m analysis: error: no MLflow store at")
     assert not path.exists()
 
 
@@ -192,7 +193,8 @@ def test_module_entry_point_help_and_unreachable_server(tmp_path):
     failed = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "x", "--tracking-uri", url],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2
-    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: tracking server {url} is unreachable")
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"python -m analysis: error: tracking server {url} is unreachable")
     assert not (tmp_path / "analysis-out").exists()
 
 

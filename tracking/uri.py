@@ -210,6 +210,21 @@ def _check_database(uri: str, timeout: float) -> None:
                          "start it, or check --tracking-uri") from None
 
 
+#: The longest experiment name every MLflow tracking store keeps (its SQL column holds 256 characters).
+MAX_EXPERIMENT_NAME = 256
+
+
+def check_experiment_name(name: str) -> None:
+    """An MLflow experiment name: not blank, at most 256 characters, one line of printable characters."""
+    if not name.strip():
+        raise StoreError("--experiment is empty", "name the experiment, e.g. --experiment batchnorm-weight-scale")
+    if len(name) > MAX_EXPERIMENT_NAME:
+        raise StoreError(f"--experiment is {len(name):,} characters long",
+                         f"give a name of at most {MAX_EXPERIMENT_NAME} characters")
+    if not name.isprintable():
+        raise StoreError("--experiment holds a control character (a line break, tab or NUL)", "give it on one line")
+
+
 def runs_view_url(server: str, experiment_id: str | None) -> str:
     """The address of an experiment's runs in MLflow's UI (the server's root when there is no experiment yet).
 
