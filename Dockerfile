@@ -34,6 +34,7 @@ COPY pyproject.toml README.md ./
 COPY model ./model
 COPY pipeline ./pipeline
 COPY analysis ./analysis
+COPY tracking ./tracking
 RUN pip install --no-compile --no-deps . \
     && pip check \
     && rm -rf build *.egg-info

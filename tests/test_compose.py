@@ -257,6 +257,14 @@ def test_dockerignore_is_an_allowlist_that_keeps_secrets_out_and_lets_every_copy
         assert (REPO / source).exists(), source
 
 
+def test_the_image_copies_every_package_of_the_project():
+    """pyproject.toml's packages (``include``) are each copied into the image, so the image runs this code."""
+    include = re.search(r'include = \[([^\]]*)\]', (REPO / "pyproject.toml").read_text()).group(1)
+    packages = {name.strip(' "*') for name in include.split(",")}
+    copied = {line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert packages and packages <= copied, packages - copied
+
+
 def test_requirements_lock_pins_exactly_the_tested_versions_of_the_runtime_dependencies():
     lock = {}
     for line in (REPO / "requirements.lock").read_text().splitlines():
