@@ -70,7 +70,15 @@ def store_file(tmp_path_factory) -> Path:
              epochs=2)
     create_experiment(client, "empty", root / "artifacts")
     client.delete_experiment(create_experiment(client, "gone", root / "artifacts"))
-    return root / "mlflow.db"
+    # A self-contained copy (SQLite's backup: whatever a write-ahead log still holds is in it too), in the default
+    # rollback-journal mode, so that reading it makes no -wal or -shm file beside it.
+    copy = tmp_path_factory.mktemp("analysis-store-copy") / "mlflow.db"
+    with sqlite3.connect(root / "mlflow.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode=DELETE")
+    source.close()
+    target.close()
+    return copy
 
 
 @pytest.mark.parametrize(("options", "message"), CASES, ids=[" ".join(c[0])[:50] for c in CASES])
