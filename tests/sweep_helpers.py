@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import signal
@@ -159,3 +160,15 @@ def run_probed_sweep(setup: str, report: str, *args: str, cwd: Path) -> tuple[su
     found = [line for line in out.stderr.splitlines() if line.startswith("PROBE_RESULT ")]
     assert found, out.stderr
     return out, json.loads(found[-1].split(" ", 1)[1])
+
+
+def file_tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and the sha256 of its bytes: what a bad input must leave as it was."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def on_read_only_folder(folder: Path, *command: str) -> list[str]:
+    """``command`` run with ``folder`` mounted read-only, in a user and mount namespace of its own (root or not)."""
+    remount = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", remount, "sh", str(folder), *command]

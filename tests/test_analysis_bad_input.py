@@ -7,7 +7,6 @@ one) for each case.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 import sqlite3
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.mlflow_fixtures import create_experiment, log_grid, make_store
-from tests.sweep_helpers import sweep_env
+from tests.sweep_helpers import file_tree, on_read_only_folder, sweep_env
 from tests.topology import free_port
 
 PREFIX = "python -m analysis: error: "
@@ -55,10 +54,6 @@ CASES = [
     (["--no-such-option"], "unrecognized arguments: --no-such-option"),
 ]
 
-
-def _tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +97,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(store_file, tmp_path, o
         args += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     out = subprocess.run([sys.executable, "-m", "analysis", *args], cwd=tmp_path, env=sweep_env(),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
@@ -110,20 +105,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(store_file, tmp_path, o
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(PREFIX) and lines[0].endswith(")"), out.stderr
     assert message.replace("{port}", port) in lines[0], lines[0]
-    assert _tree(tmp_path) == before and not (tmp_path / "out").exists()
+    assert file_tree(tmp_path) == before and not (tmp_path / "out").exists()
 
 
 def test_an_output_folder_on_a_read_only_filesystem_is_refused_before_anything_is_written(store_file, tmp_path):
     """--out inside a folder mounted read-only (a mount namespace of our own, so root or not)."""
     shutil.copy(store_file, tmp_path / "mlflow.db")
     (tmp_path / "ro").mkdir()
-    before = _tree(tmp_path)
-    read_only = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
-    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", read_only, "sh", str(tmp_path / "ro"),
-               sys.executable, "-m", "analysis", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out",
-               str(tmp_path / "ro" / "out")]
+    before = file_tree(tmp_path)
+    command = on_read_only_folder(tmp_path / "ro", sys.executable, "-m", "analysis", "--tracking-uri",
+                                  f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "ro" / "out"))
     out = subprocess.run(command, cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.splitlines() == [f"{PREFIX}--out {tmp_path / 'ro' / 'out'}: {tmp_path / 'ro'} is not writable "
                                        "(name a folder you can write, or fix its permissions)"]
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before

@@ -8,7 +8,6 @@ store's folder byte for byte as it was (no file added, none changed).
 
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 import sqlite3
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import FASHION_DIR, run_sweep, sweep_cmd, sweep_env
+from tests.sweep_helpers import FASHION_DIR, file_tree, on_read_only_folder, run_sweep, sweep_cmd, sweep_env
 from tests.topology import free_port
 
 SMALL = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1",
@@ -118,11 +117,6 @@ CASES = [
 ]
 
 
-def _tree(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` and the sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def filled_store(tmp_path_factory) -> Path:
@@ -188,7 +182,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, fil
     (tmp_path / "empty").mkdir()
     values = {"{port}": str(port), "{file}": str(tmp_path / "a-file"), "{empty}": str(tmp_path / "empty"),
               **_other_files(tmp_path)}
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     args = _args(bad, values)
     if "--tracking-uri" not in args:
         args += ["--tracking-uri", f"sqlite:///{store}/mlflow.db"]
@@ -200,7 +194,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, fil
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(PREFIX) and lines[0].endswith(")"), out.stderr
     assert message in lines[0], lines[0]
-    assert _tree(tmp_path) == before, "a bad input must not create or change a file"
+    assert file_tree(tmp_path) == before, "a bad input must not create or change a file"
 
 
 def test_help_gives_each_option_one_default(tmp_path):
@@ -223,13 +217,11 @@ def test_a_store_on_a_read_only_filesystem_is_refused_and_left_as_it_was(fashion
     folder = tmp_path / "ro"
     folder.mkdir()
     shutil.copy(filled_store, folder / "mlflow.db")
-    before = _tree(tmp_path)
-    read_only = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
-    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", read_only, "sh", str(folder),
-               *sweep_cmd(*SMALL, "--tracking-uri", f"sqlite:///{folder / name}")]
+    before = file_tree(tmp_path)
+    command = on_read_only_folder(folder, *sweep_cmd(*SMALL, "--tracking-uri", f"sqlite:///{folder / name}"))
     out = subprocess.run(command, cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     what = f"SQLite store {folder / name} is read-only" if name == "mlflow.db" else \
         f"folder {folder} of the tracking store is read-only"
     assert out.stderr.splitlines() == [f"{PREFIX}{what} (make it writable, or pass another --tracking-uri)"]
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before

@@ -242,9 +242,7 @@ def mlflow_ui_command(uri: str, experiment_id: str | None) -> str:
     """
     if uri.startswith(("http://", "https://")):
         return f"open {runs_view_url(uri, experiment_id)}"
-    path = sqlite_path(uri)
-    store = f"sqlite:///{path}" if path is not None else uri
-    command = f"mlflow ui --backend-store-uri {shlex.quote(store)} --host 127.0.0.1 --port 5000"
+    command = f"mlflow ui --backend-store-uri {shlex.quote(display_store(uri))} --host 127.0.0.1 --port 5000"
     return f"{command}, then open {runs_view_url('http://127.0.0.1:5000', experiment_id)}"
 
 
