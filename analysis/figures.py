@@ -231,7 +231,8 @@ def plot_final_accuracy(final: pd.DataFrame, *, context: str = "",
 
 def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float = 0.05,
                     metrics: Sequence[str] = ("train_acc", "test_acc")) -> Figure:
-    """Paired BN - plain difference at the final epoch per weight scale, with its 95% t interval.
+    """Paired BN - plain difference at the final epoch per weight scale, with its 95% t interval (thin bar) and,
+    where ``comparison`` has them, its anytime-valid confidence sequence (wide light bar, cs_low to cs_high).
 
     Filled markers (and a star) mark scales significant after Holm correction; hollow markers are not
     significant; a cross marks a scale with no interval (fewer than 2 pairs, or no spread); a grey diamond on
@@ -244,6 +245,7 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     shown: list[np.ndarray] = []
     any_nobar = False
     any_no_pairs = False
+    any_cs = False
     for ax, metric in zip(axes, metrics, strict=True):
         cm = comparison[comparison["metric"] == metric].sort_values("weight_scale")
         pairs += cm["n_pairs"].tolist()
@@ -252,6 +254,12 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
         lo = cm["ci_low"].to_numpy(dtype=float)
         hi = cm["ci_high"].to_numpy(dtype=float)
         ax.axhline(0, color="0.2", linewidth=1, zorder=1)
+        cs_lo = cm["cs_low"].to_numpy(dtype=float) if "cs_low" in cm else np.full(len(cm), np.nan)
+        cs_hi = cm["cs_high"].to_numpy(dtype=float) if "cs_high" in cm else np.full(len(cm), np.nan)
+        has_cs = np.isfinite(cs_lo) & np.isfinite(cs_hi)
+        any_cs |= bool(has_cs.any())
+        ax.vlines(x[has_cs], cs_lo[has_cs], cs_hi[has_cs], color=color, alpha=0.22, linewidth=7, zorder=1.5,
+                  gid=f"cs-{metric}")
         ax.plot(x, y, color=color, linewidth=1, alpha=0.5, zorder=2)
         has_ci = np.isfinite(lo) & np.isfinite(hi)
         yerr = _errorbar_arrays(y, lo, hi)
@@ -279,7 +287,7 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
         ax.set_title(f"BN \u2212 plain, {metric_label(metric)} at the final epoch")
         ax.set_ylabel(f"paired difference in {metric_label(metric)}")
         _log_scale_axis(ax, comparison["weight_scale"].tolist())
-        shown += [y[np.isfinite(y)], lo[np.isfinite(lo)], hi[np.isfinite(hi)]]
+        shown += [y[np.isfinite(y)], lo[np.isfinite(lo)], hi[np.isfinite(hi)], cs_lo[has_cs], cs_hi[has_cs]]
     # One y range for both panels (they share the axis): everything plotted, and zero, stays in view.
     finite = np.concatenate([*shown, [0.0]])
     span = max(finite.max() - finite.min(), 0.02)
@@ -288,14 +296,22 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
         "seed per arm", "pair (seed) per scale")
     sub = ", ".join(p for p in (context, n_text) if p)
     fig.suptitle("Paired difference BatchNorm \u2212 plain (same seed = same initial weights and batches), "
-                 f"mean with 95% t interval\n{sub}", fontsize=11)
+                 f"mean with 95% t interval{' and anytime-valid 95% confidence sequence' if any_cs else ''}\n{sub}",
+                 fontsize=11)
     handles = [
         Line2D([], [], color=color, marker="o", linestyle="none",
                label=f"* significant: Holm-corrected paired t-test p < {alpha:g}"),
         Line2D([], [], markerfacecolor="white", markeredgecolor=color, marker="o", linestyle="none",
                label="not significant"),
         Line2D([], [], color="0.2", linewidth=1, label="no difference (0)"),
+        Line2D([], [], color=color, marker="|", linestyle="none", markersize=10,
+               label="thin bar: 95% t interval (valid for a number of seeds fixed in advance)"),
     ]
+    if any_cs:
+        n_scales = comparison["weight_scale"].nunique()
+        handles.append(Line2D([], [], color=color, alpha=0.22, linewidth=7,
+                              label="wide bar: anytime-valid 95% confidence sequence, simultaneous over the "
+                                    f"{n_scales} scales (read it if seeds were added after looking)"))
     if any_nobar:
         handles.append(Line2D([], [], color=color, marker="x", linestyle="none",
                               label="no interval, no t-test: fewer than 2 pairs, or all seeds equal"))

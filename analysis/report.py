@@ -137,6 +137,10 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
             text += "; it was significantly lower at " + " and at ".join(lower)
         sentences.append(text + ".")
 
+    anytime = _anytime_sentence(comparison, scales, alpha)
+    if anytime:
+        sentences.append(anytime)
+
     finite = comparison[comparison["mean_diff"].notna()]
     if not finite.empty:
         top = finite.loc[finite["mean_diff"].abs().idxmax()]
@@ -196,6 +200,29 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
     return " ".join(sentences)
 
 
+def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: float) -> str:
+    """What the confidence sequences decide, per metric (empty when the frame has none)."""
+    if "cs_low" not in comparison:
+        return ""
+    parts = []
+    for metric in ("test_acc", "train_acc"):
+        cm = comparison[comparison["metric"] == metric]
+        if cm.empty:
+            continue
+        up = cm[cm["cs_low"] > 0]["weight_scale"]
+        down = cm[cm["cs_high"] < 0]["weight_scale"]
+        text = f"for {metric_label(metric)} higher at {len(up)} of {len(cm)} scales"
+        text += f" ({describe_scales(up, scales)})" if len(up) and len(up) < len(cm) else ""
+        if len(down):
+            text += f", lower at {len(down)} ({describe_scales(down, scales)})"
+        parts.append(text)
+    if not parts:
+        return ""
+    return (f"Read as anytime-valid (the {100 * (1 - alpha):g}% confidence sequences, simultaneous over the "
+            f"{len(scales)} scales, which stay valid when seeds were added after looking), BatchNorm was "
+            + " and ".join(parts) + "; at the other scales they do not exclude 0 yet.")
+
+
 def markdown_table(frame: pd.DataFrame, columns: Sequence[tuple[str, Callable[[pd.Series], str]]]) -> str:
     """A pipe table: ``columns`` is a list of (header, row -> cell text)."""
     lines = ["| " + " | ".join(h for h, _ in columns) + " |",
@@ -220,6 +247,8 @@ def _comparison_table(cm: pd.DataFrame, labels: dict[float, str]) -> str:
         ("plain mean \u00b1 sd (n)",
          lambda r: f"{_fmt(r['mean_plain'])} \u00b1 {_fmt(r['sd_plain'])} ({int(r['n_plain'])})"),
         ("BN \u2212 plain [95% CI]", _difference_cell),
+        ("anytime 95% CS (seeds)", lambda r: f"[{_fmt(r['cs_low'])}, {_fmt(r['cs_high'])}] ({int(r['cs_n'])})"),
+        ("p anytime", lambda r: _fmt_p(r["p_anytime"])),
         ("p t-test", lambda r: _fmt_p(r["p_ttest"])),
         ("p t-test Holm", lambda r: _fmt_p(r["p_ttest_holm"])),
         ("p Wilcoxon", lambda r: _fmt_p(r["p_wilcoxon"])),
@@ -284,8 +313,8 @@ def build_report(
                 "over seeds; BN solid, plain dashed)",
         "curves": f"Train and test accuracy at W={scale_labels([curves_scale])[curves_scale]}",
         "final_accuracy": "Final accuracy vs weight scale (mean, 95% t interval of the mean)",
-        "difference": "Paired difference BN \u2212 plain at the final epoch (95% t interval; * = significant "
-                      "after Holm)",
+        "difference": "Paired difference BN \u2212 plain at the final epoch (thin bar: 95% t interval, * = "
+                      "significant after Holm; wide bar: anytime-valid 95% confidence sequence)",
     }
     for name, path in figures.items():
         out += [f"### {titles.get(name, name)}", "", f"![{name}]({path})", ""]
@@ -309,6 +338,16 @@ def build_report(
             f"means Holm-corrected t-test p < {alpha:g}. If every difference is exactly 0 both p-values "
             "are set to 1; if every difference is the same non-zero value (no spread: all seeds equal) there is "
             "no t interval and no t-test.",
+            "- Which interval to read: if the number of seeds was fixed before any result was looked at, the t "
+            "interval and the Holm-corrected tests. If seeds were added after looking (the analysis rerun, then "
+            "more seeds; or `--until-width` / `--until-decided`), only the anytime-valid confidence sequence (CS) "
+            "and p anytime keep their promise: a 95% CS covers the true mean difference at every number of seeds "
+            "at once, so stopping because of what it showed does not bias it. It is the betting CS of "
+            "Waudby-Smith & Ramdas (JRSS-B 2024) for differences bounded in [\u22121, 1], read over the seeds in "
+            "seed order from the smallest through the contiguous block with a run in both arms, simultaneous over "
+            "the weight scales of one metric (Bonferroni: each at level alpha / scales; p anytime is multiplied by "
+            "the number of scales). It is wider than the t interval; with few seeds it cannot exclude 0 however "
+            "large the difference.",
             f"- \"Failed to learn\": mean final train accuracy below {FAIL_THRESHOLD:.2f} (chance 0.10), said "
             f"only of an arm with at least {MIN_RUNS_TO_SAY} finished runs.",
             "- Only FINISHED runs tagged run_kind=trial are used; of several FINISHED runs of one trial key the "
@@ -317,6 +356,6 @@ def build_report(
             "- `summary.csv`: per weight scale, arm, metric and epoch: n, mean, std, sem, ci_low, ci_high, "
             "n_runs, note.",
             "- `comparison.csv`: per weight scale and metric: the paired statistics above, Holm-corrected "
-            "p-values and seeds needed.",
+            "p-values, seeds needed, and the confidence sequence (cs_n, cs_low, cs_high, p_anytime).",
             "- Figures as PNG and SVG.", ""]
     return "\n".join(out)

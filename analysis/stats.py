@@ -16,6 +16,14 @@ Conventions (the report repeats them):
   same non-zero value (no spread: all seeds equal) there is no t interval and no t-test (its p would be 0 for
   any such difference); the note says so, and the Wilcoxon test is still made.
 - Significant means Holm-corrected paired t-test p < alpha.
+- Anytime-valid: beside the t interval, every cell gets a confidence sequence (CS) for its mean paired difference
+  (:func:`analysis.sequences.difference_cs`, the betting CS over [-1, 1]), simultaneous over the weight scales of
+  one metric by a Bonferroni split (each scale at alpha / scales), and the anytime p-value of "no difference"
+  multiplied by the number of scales (``p_anytime``, capped at 1). It is computed over the seeds in seed order,
+  from the cell's smallest seed through the contiguous block of seeds with a run in both arms (a seed still
+  missing in one arm ends the block: seeds after it wait until it is there, so the order never depends on which
+  trial finished first). Unlike the t interval and the p-values, it stays valid when seeds were added after
+  looking at the results.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.sequences import difference_cs
+
 CONFIDENCE = 0.95
 ALPHA = 0.05
 DEFAULT_WIDTH = 0.02
@@ -39,6 +49,7 @@ NOTE_ONE_VALUE = "n=1: no interval"
 NOTE_FEW_PAIRS = "fewer than 2 pairs: no interval, no test"
 NOTE_ALL_ZERO = "all differences are 0: p-values set to 1"
 NOTE_ZERO_SD = "no spread: all seeds equal (no t interval, no t-test)"
+NOTE_NO_CS = "no seed block with both arms: no confidence sequence"
 
 
 def t_quantile(n: np.ndarray | int, confidence: float = CONFIDENCE) -> np.ndarray:
@@ -170,17 +181,23 @@ def paired_comparison(
     (t interval of the mean paired difference), p_ttest, p_wilcoxon, their Holm-corrected versions
     p_ttest_holm, p_wilcoxon_holm (family: the weight scales of one metric), significant
     (p_ttest_holm < alpha), seeds_needed_bn, seeds_needed_plain, seeds_needed_diff (seeds for a
-    full interval width <= ``width``, from the observed sd), unpaired_seeds, note.
+    full interval width <= ``width``, from the observed sd), cs_n (pairs in the seed block of the confidence
+    sequence), cs_low, cs_high (the anytime-valid CS of the mean difference at level 1 - alpha, simultaneous over
+    the scales of a metric), p_anytime (its anytime p-value of "no difference", Bonferroni-multiplied),
+    unpaired_seeds, note.
     """
     finals = final_values(df, metrics)
     rows = []
+    n_scales = max(finals["weight_scale"].nunique(), 1)
     for metric in [m for m in metrics if m in finals]:
         for w, group in finals.groupby("weight_scale", sort=True):
-            rows.append(_compare_one(group, float(w), metric, confidence, width))
+            row = _compare_one(group, float(w), metric, confidence, width)
+            row.update(_sequence_columns(group, metric, alpha, n_scales, row))
+            rows.append(row)
     columns = ["weight_scale", "metric", "final_epoch", "n_bn", "n_plain", "mean_bn", "sd_bn", "mean_plain",
                "sd_plain", "n_pairs", "mean_diff", "sd_diff", "ci_low", "ci_high", "p_ttest", "p_wilcoxon",
                "p_ttest_holm", "p_wilcoxon_holm", "significant", "seeds_needed_bn", "seeds_needed_plain",
-               "seeds_needed_diff", "unpaired_seeds", "note"]
+               "seeds_needed_diff", "cs_n", "cs_low", "cs_high", "p_anytime", "unpaired_seeds", "note"]
     out = pd.DataFrame(rows, columns=[c for c in columns if c not in
                                       ("p_ttest_holm", "p_wilcoxon_holm", "significant")])
     out["p_ttest_holm"] = np.nan
@@ -189,7 +206,7 @@ def paired_comparison(
         out.loc[idx, "p_ttest_holm"] = holm(out.loc[idx, "p_ttest"])
         out.loc[idx, "p_wilcoxon_holm"] = holm(out.loc[idx, "p_wilcoxon"])
     out["significant"] = (out["p_ttest_holm"] < alpha).astype(bool)
-    for col in ("n_bn", "n_plain", "n_pairs", "final_epoch"):
+    for col in ("n_bn", "n_plain", "n_pairs", "final_epoch", "cs_n"):
         out[col] = out[col].astype("int64")
     return out[columns]
 
@@ -250,6 +267,38 @@ def _compare_one(group: pd.DataFrame, w: float, metric: str, confidence: float, 
         "unpaired_seeds": "; ".join(unpaired),
         "note": "; ".join(notes),
     }
+
+
+def seed_block(seeds_bn, seeds_plain) -> list[int]:
+    """The seeds a confidence sequence reads, in order: from the smallest seed of either arm, each next integer
+    seed while it has a run in both arms (empty if the smallest has not)."""
+    both = set(int(s) for s in seeds_bn) & set(int(s) for s in seeds_plain)
+    every = set(int(s) for s in seeds_bn) | set(int(s) for s in seeds_plain)
+    block = []
+    seed = min(every) if every else 0
+    while seed in both:
+        block.append(seed)
+        seed += 1
+    return block
+
+
+def _sequence_columns(group: pd.DataFrame, metric: str, alpha: float, n_scales: int, row: dict) -> dict:
+    """cs_n, cs_low, cs_high, p_anytime of one cell (see the module docstring); extends ``row['note']``."""
+    arms = {bn: group[group["use_batchnorm"] == bn].set_index("seed")[metric] for bn in (True, False)}
+    block = seed_block(arms[True].index, arms[False].index)
+    diff = (arms[True].reindex(block) - arms[False].reindex(block)).dropna().to_numpy(dtype=float)
+    notes = [row["note"]] if row["note"] else []
+    if diff.size == 0:
+        notes.append(NOTE_NO_CS)
+        cs = {"cs_n": 0, "cs_low": math.nan, "cs_high": math.nan, "p_anytime": math.nan}
+    else:
+        seq = difference_cs(np.clip(diff, -1.0, 1.0), alpha / n_scales)
+        cs = {"cs_n": int(diff.size), "cs_low": float(seq["cs_low"][-1]), "cs_high": float(seq["cs_high"][-1]),
+              "p_anytime": min(1.0, n_scales * float(seq["p_anytime"][-1]))}
+        if diff.size < row["n_pairs"]:
+            notes.append(f"confidence sequence over seeds {block[0]}-{block[-1]} ({diff.size} of "
+                         f"{row['n_pairs']} pairs: a later seed waits for a missing one)")
+    return {**cs, "note": "; ".join(notes)}
 
 
 def final_summary(df: pd.DataFrame, metrics: Sequence[str] = COMPARED_METRICS,

@@ -239,3 +239,20 @@ def test_labels_and_texts():
     assert describe_scales([0.001, 0.01, 1.0], scales) == "W=0.001\u20130.01 and 1.00"
     assert describe_scales([], scales) == "none"
     assert math.isclose(float(labels[BOOK_WEIGHT_SCALES[3]]), BOOK_WEIGHT_SCALES[3], rel_tol=0.05)
+
+
+def test_difference_draws_the_confidence_sequence_behind_the_t_interval(sweep):
+    _, df = sweep
+    comp = paired_comparison(df)
+    fig = plot_difference(comp)
+    for ax, metric in zip(fig.get_axes(), ("train_acc", "test_acc"), strict=True):
+        cm = comp[comp["metric"] == metric].sort_values("weight_scale")
+        [bars] = [c for c in ax.collections if c.get_gid() == f"cs-{metric}"]
+        ends = np.array([[seg[0][1], seg[1][1]] for seg in bars.get_segments()])
+        np.testing.assert_allclose(ends, cm[["cs_low", "cs_high"]].dropna().to_numpy(dtype=float))
+        low, high = ax.get_ylim()
+        assert low <= ends.min() and ends.max() <= high
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("wide bar: anytime-valid 95% confidence sequence, simultaneous over the 16")
+               for t in labels)
+    assert "confidence sequence" in fig.get_suptitle()

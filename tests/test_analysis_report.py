@@ -80,3 +80,18 @@ def test_one_finished_run_is_not_enough_to_say_an_arm_failed_to_learn():
     assert "Without BN the network failed to learn (mean final train accuracy below 0.20; chance is 0.10) at " \
            "W=0.01." in text
     assert "Without BN too few runs finished at W=1.00 (fewer than 2) to say whether it learned there." in text
+
+
+def test_the_report_gives_the_confidence_sequence_and_says_when_to_read_it():
+    """40 seeds with BN 0.3 ahead: both kinds of interval exclude 0; the table shows the CS and its seeds, the
+    findings count the scales it decides, and the method says which interval to read when seeds were added."""
+    df = tidy({(0.01, True): {s: 0.8 + s / 1000 for s in range(40)}, (0.01, False): {s: 0.5 for s in range(40)},
+               (1.0, True): {s: 0.5 + (s % 2) / 10 for s in range(40)}, (1.0, False): {s: 0.55 for s in range(40)}})
+    comparison = paired_comparison(df)
+    row = comparison.query("metric == 'test_acc' and weight_scale == 0.01").iloc[0]
+    assert row["cs_low"] > 0 and row["cs_n"] == 40
+    report = report_of(df)
+    assert f"| [{row['cs_low']:.3f}, {row['cs_high']:.3f}] (40) |" in report
+    assert ("simultaneous over the 2 scales, which stay valid when seeds were added after looking), BatchNorm was "
+            "for test accuracy higher at 1 of 2 scales (W=0.01)") in report
+    assert "If seeds were added after looking" in report and "only the anytime-valid confidence sequence" in report

@@ -14,16 +14,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 
 from analysis import load_runs
+from analysis.sequences import difference_cs
 from analysis.stats import (
     arm_summary,
     final_summary,
     holm,
     nearest_scale,
     paired_comparison,
+    seed_block,
     seeds_needed,
 )
 from tests.mlflow_fixtures import create_experiment, log_trial_run, make_store, trial_config
@@ -279,3 +282,58 @@ def test_nearest_scale_is_nearest_in_log_space():
     assert nearest_scale(scales, 0.01) == pytest.approx(0.013593563908785)
     assert nearest_scale([0.001, 0.1], 0.01) == 0.1
     assert nearest_scale([0.004, 0.03], 0.01) == 0.004  # log distance 0.40 vs 0.48
+
+
+def test_confidence_sequence_columns_read_the_contiguous_seed_block(known):
+    """cs_* are the betting CS at alpha / (number of scales) over the seeds from the smallest on, in order, while
+    both arms have a run: at W=1.0 plain has seeds 0, 1, 2, 7, so seeds 3-4 (bn only) and 7 (plain only) are out,
+    and the NaN test accuracy of plain seed 1 is skipped inside the block."""
+    hist, df = known
+    comp = paired_comparison(df, alpha=0.05).set_index(["weight_scale", "metric"])
+    n_scales = len({w for w, _, _ in hist})
+    for (w, metric), row in comp.iterrows():
+        seeds = [0, 1, 2] if w == 1.0 else sorted({s for (ww, _, s) in hist if ww == w})
+        d = np.array([hist[(w, True, s)][metric][LAST] - hist[(w, False, s)][metric][LAST] for s in seeds])
+        d = d[~np.isnan(d)]
+        assert row["cs_n"] == len(d)
+        seq = difference_cs(d, 0.05 / n_scales)
+        assert row["cs_low"] == seq["cs_low"][-1] and row["cs_high"] == seq["cs_high"][-1]
+        assert row["p_anytime"] == pytest.approx(min(1.0, n_scales * seq["p_anytime"][-1]), rel=1e-12)
+    assert comp.loc[(1.0, "test_acc"), "cs_n"] == 2 and comp.loc[(1.0, "train_acc"), "cs_n"] == 3
+    # the CS is wider than the t interval at the same n (the price of being valid under any stopping rule): at
+    # W=0.01 (BN = plain + 0.3) the t interval excludes 0 with 5 seeds, the CS at 0.05 / 5 does not yet
+    clear = comp.loc[(0.01, "train_acc")]
+    assert clear["ci_low"] > 0 and clear["cs_low"] < 0 < clear["cs_high"] and clear["p_anytime"] > 0.05
+    assert clear["cs_low"] < clear["ci_low"] and clear["cs_high"] > clear["ci_high"]
+
+
+def _one_cell(n_seeds, gain, drop=()):
+    """A frame of one weight scale, BN = plain + gain at the final epoch; (seed, bn) pairs in ``drop`` missing."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for s in range(n_seeds):
+        plain = rng.uniform(0.3, 0.5)
+        for bn in (True, False):
+            if (s, bn) not in drop:
+                rows.append({"run_id": f"{bn}{s}", "weight_scale": 0.1, "use_batchnorm": bn, "seed": s, "epoch": 1,
+                             "train_acc": plain + gain * bn + rng.normal(0, 0.01), "test_acc": plain})
+    return pd.DataFrame(rows)
+
+
+def test_enough_seeds_make_the_confidence_sequence_exclude_zero():
+    row = paired_comparison(_one_cell(30, 0.3)).set_index("metric").loc["train_acc"]
+    assert row["cs_n"] == 30 and row["cs_low"] > 0 and row["p_anytime"] < 0.05
+    assert row["cs_low"] < row["mean_diff"] < row["cs_high"]
+
+
+def test_a_seed_missing_in_one_arm_holds_back_the_later_pairs_and_the_note_says_so():
+    row = paired_comparison(_one_cell(30, 0.3, drop={(2, False)})).set_index("metric").loc["train_acc"]
+    assert row["n_pairs"] == 29 and row["cs_n"] == 2
+    assert "confidence sequence over seeds 0-1 (2 of 29 pairs" in row["note"]
+    assert row["ci_low"] > 0 and row["cs_low"] < 0  # the 27 pairs after the gap are not read
+
+
+def test_seed_block_starts_at_the_smallest_seed_and_stops_at_the_first_gap():
+    assert seed_block([3, 4, 5, 7], [3, 4, 5, 6, 7]) == [3, 4, 5]
+    assert seed_block([0, 1, 2], [1, 2]) == []  # seed 0 waits for its plain run: nothing after it is read
+    assert seed_block([], []) == []
