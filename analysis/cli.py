@@ -22,7 +22,7 @@ from analysis.figures import (
     scale_labels,
     seeds_text,
 )
-from analysis.load import diverged_counts, load_runs, varying_config
+from analysis.load import DIVERGED_POLICIES, diverged_counts, load_runs, varying_config, without_diverged
 from analysis.report import build_report, describe_data, findings
 from analysis.stats import ALPHA, DEFAULT_WIDTH, arm_summary, final_summary, nearest_scale, paired_comparison
 from analysis.store import cap_http_retries, check_tracking_uri, resolve_tracking_uri
@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target full width of a 95%% interval, for the seeds-needed columns (default: %(default)s)")
     p.add_argument("--alpha", type=_alpha, default=ALPHA,
                    help="significance level for the Holm-corrected paired tests (default: %(default)s)")
+    p.add_argument("--diverged", choices=DIVERGED_POLICIES, default="count",
+                   help="how a trial whose loss became non-finite counts: 'count' (default) as the net that failed "
+                        "to learn, its accuracy from the divergence on being that of its actual predictions there "
+                        "(chance, 0.1, where none was measured); 'exclude' leaves it out of the statistics (a "
+                        "sensitivity check). The report gives both where they differ")
     p.add_argument("--no-log", action="store_true",
                    help="write the files only; do not log an analysis run to MLflow (default: log it)")
     return p
@@ -96,6 +101,13 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _diverged_note(policy: str) -> str:
+    if policy == "count":
+        return ("counted as results: accuracy from the divergence on is that of the network's predictions there, "
+                "chance where none was measured; --diverged exclude leaves them out")
+    return "FAILED runs with failure_reason 'diverged...', left out of the statistics by --diverged exclude"
+
+
 def _data_notes(df: pd.DataFrame) -> list[str]:
     """Duplicates, skipped runs and mixed configs, as report bullet points (also printed)."""
     notes = []
@@ -105,7 +117,7 @@ def _data_notes(df: pd.DataFrame) -> list[str]:
                      f"(earliest), ignored {', '.join(d['dropped_run_ids'])}")
     for (w, bn), n in sorted(diverged_counts(df).items(), key=lambda item: (-item[0][0], not item[0][1])):
         notes.append(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g}: {n} trial(s) diverged (non-finite loss; "
-                     "FAILED runs with failure_reason 'diverged...', left out of the statistics)")
+                     f"{_diverged_note(df.attrs.get('diverged_policy', 'exclude'))})")
     for s in df.attrs.get("skipped", []):
         notes.append(f"skipped run {s['run_id']}: {s['reason']}")
     for col, values in varying_config(df).items():
@@ -170,7 +182,9 @@ def _out_folder(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     cap_http_retries()  # before any MLflow client exists
     uri = check_args(args)
-    df = load_runs(args.experiment, uri, check_uri=False)
+    counted = load_runs(args.experiment, uri, check_uri=False, diverged="count")
+    excluded = without_diverged(counted)
+    df, other = (counted, excluded) if args.diverged == "count" else (excluded, counted)
     if df.empty:
         raise AnalysisError(f"experiment {args.experiment!r} at {uri} has no FINISHED trial runs (tag "
                             "run_kind=trial) (run the sweep first, or let it finish)")
@@ -188,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     diverged = diverged_counts(df)
     for bn, column in ((True, "bn_diverged"), (False, "plain_diverged")):
         comparison[column] = [diverged.get((w, bn), 0) for w in comparison["weight_scale"]]
+    other_comparison = paired_comparison(other, width=args.width, alpha=args.alpha) if diverged else None
     final = final_summary(df, width=args.width)
     curves_scale = nearest_scale(scales, args.scale)
     if abs(curves_scale / args.scale - 1) > 1e-9:
@@ -199,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     context = describe_data(df)
     written: list[Path] = []
     figs = {
-        "grid": plot_grid(summary, args.metric, context=context, diverged=diverged),
+        "grid": plot_grid(summary, args.metric, context=context, diverged=diverged,
+                          counted=args.diverged == "count"),
         "curves": plot_curves(summary, curves_scale, context=context),
         "final_accuracy": plot_final_accuracy(final, context=context),
         "difference": plot_difference(comparison, context=context, alpha=args.alpha),
@@ -211,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     written += [out / "summary.csv", out / "comparison.csv"]
     report = build_report(experiment=args.experiment, tracking_uri=uri, df=df, comparison=comparison, final=final,
                           figures={name: f"{name}.png" for name in figs}, curves_scale=curves_scale,
-                          metric=args.metric, width=args.width, alpha=args.alpha, notes=notes)
+                          metric=args.metric, width=args.width, alpha=args.alpha, notes=notes,
+                          diverged_policy=args.diverged, other_comparison=other_comparison)
     (out / "report.md").write_text(report, encoding="utf-8")
     written.append(out / "report.md")
     for path in written:
@@ -221,8 +238,9 @@ def run(args: argparse.Namespace) -> int:
     if diverged:
         where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g} in {n}"
                           for (w, bn), n in sorted(diverged.items(), key=lambda i: (-i[0][0], not i[0][1])))
-        text += (f" Some trials diverged (non-finite loss) and are counted apart, not in the statistics: {where} "
-                 "seed(s).")
+        how = ("counted as nets that failed to learn (--diverged count)" if args.diverged == "count"
+               else "left out of the statistics (--diverged exclude)")
+        text += f" Some trials diverged (non-finite loss), {how}: {where} seed(s)."
     print(text)
     if not args.no_log:
         counts = final[final["metric"] == "train_acc"]["n"]
@@ -232,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             .removesuffix(" seed per arm"),
             "n_duplicates": len(df.attrs.get("duplicates", [])), "grid_metric": args.metric,
             "curves_scale": repr(float(curves_scale)), "width": repr(args.width), "alpha": repr(args.alpha),
+            "diverged_policy": args.diverged,
         }
         run_id = log_analysis_run(uri, df.attrs["experiment_id"], written, params,
                                   f"Analysis of {n_runs} trial runs.\n\n{text}")

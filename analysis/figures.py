@@ -86,12 +86,13 @@ def _legend_handles(band: bool = True) -> list:
 
 
 def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str = "",
-              diverged: dict[tuple[float, bool], int] | None = None) -> Figure:
+              diverged: dict[tuple[float, bool], int] | None = None, counted: bool = False) -> Figure:
     """Figure 6-19 with uncertainty: one panel per weight scale (largest first), mean +- std per arm.
 
     ``summary`` is :func:`analysis.stats.arm_summary`. The grid is the smallest near-square one that
     fits (4x4 for 16 scales). Arms with n < 2 at an epoch get no band there. ``diverged`` counts trials per
-    (weight_scale, use_batchnorm) whose loss diverged (not in ``summary``); panels with any say so.
+    (weight_scale, use_batchnorm) whose loss diverged; panels with any say so: "(k diverged)" when they are
+    ``counted`` in ``summary``, "(+k diverged)" when they are not.
     """
     diverged = diverged or {}
     s = summary[summary["metric"] == metric]
@@ -123,8 +124,9 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
         n_bn, n_plain = counts.get((w, True), 0), counts.get((w, False), 0)
         d_bn, d_plain = diverged.get((w, True), 0), diverged.get((w, False), 0)
         if counts.nunique() > 1 or d_bn or d_plain:  # say n per panel only when it is not the same everywhere
-            text = (f"n: BN {n_bn}" + (f" (+{d_bn} diverged)" if d_bn else "")
-                    + f", plain {n_plain}" + (f" (+{d_plain} diverged)" if d_plain else ""))
+            mark = "" if counted else "+"
+            text = (f"n: BN {n_bn}" + (f" ({mark}{d_bn} diverged)" if d_bn else "")
+                    + f", plain {n_plain}" + (f" ({mark}{d_plain} diverged)" if d_plain else ""))
             ax.text(0.97, 0.04, text, transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=7, color="0.25",
                     bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -25,6 +27,11 @@ METRICS = ("train_acc", "test_acc", "train_loss")
 TRIAL_FILTER = "tags.run_kind = 'trial' AND attributes.status = 'FINISHED'"
 #: Trials whose loss became non-finite: the sweep ends them FAILED with this reason (a result, not a crash).
 DIVERGED_FILTER = "tags.run_kind = 'trial' AND attributes.status = 'FAILED' AND tags.failure_reason LIKE 'diverged%'"
+#: How the statistics count a diverged trial (``--diverged``): ``count`` (the default) as the net that failed to
+#: learn, ``exclude`` left out (the behaviour before policies, for a sensitivity check).
+DIVERGED_POLICIES = ("count", "exclude")
+#: Accuracy of guessing among the 10 classes of every data set the pipeline has (model.trial.NUM_CLASSES).
+CHANCE = 0.1
 SEARCH_PAGE = 5000  # runs per search request to a database store
 SERVER_PAGE = 250  # runs per search request to a server (histories of a page download meanwhile)
 
@@ -45,8 +52,9 @@ def load_runs(
     *,
     metrics: Sequence[str] = METRICS,
     check_uri: bool = True,
+    diverged: str = "count",
 ) -> pd.DataFrame:
-    """Load the FINISHED trial runs of ``experiment`` as a tidy frame.
+    """Load the FINISHED trial runs of ``experiment`` as a tidy frame, and its diverged trials by ``diverged``.
 
     One row per (run, epoch); columns ``run_id, trial_key, weight_scale, use_batchnorm, seed, epoch``,
     the ``metrics`` (float, NaN where not logged or logged as NaN), the other params (int/float/bool/str
@@ -58,13 +66,24 @@ def load_runs(
     listed in ``df.attrs["duplicates"]`` (and logged as a warning). Runs that cannot be used (no
     trial_key tag, an unparsable weight_scale/use_batchnorm/seed, no metric values) are listed in
     ``df.attrs["skipped"]``. Other attrs: ``experiment``, ``experiment_id``, ``tracking_uri``,
-    ``n_finished_runs``, ``history_strategy``, ``param_columns``, ``timings_s``.
+    ``n_finished_runs``, ``history_strategy``, ``param_columns``, ``timings_s``, ``diverged`` (every trial that
+    diverged and has no FINISHED run), ``diverged_policy``.
+
+    Diverged trials (FAILED runs whose ``failure_reason`` starts with "diverged": the loss became non-finite, the
+    sweep stopped the trial there) are results of the experiment. With ``diverged="count"`` they are rows of the
+    frame (column ``diverged`` True) filled to the last epoch of their ``epochs`` param: from the epoch the loss
+    became non-finite on, each accuracy is the one measured there, i.e. the network's actual predictions (a net
+    whose scores are NaN predicts class 0, near chance on these balanced classes), or :data:`CHANCE` where none
+    was logged; ``train_loss`` is NaN from there on. With ``"exclude"`` they are left out (see
+    :func:`without_diverged`).
 
     ``tracking_uri`` defaults to env MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``. With
     ``check_uri`` the store is checked first (never created). Raises :class:`AnalysisError` for a
     missing store, an unreachable server, or an unknown or deleted experiment. An experiment with no
     finished trials gives an empty frame (with the columns).
     """
+    if diverged not in DIVERGED_POLICIES:
+        raise ValueError(f"diverged must be one of {DIVERGED_POLICIES}, got {diverged!r}")
     uri = resolve_tracking_uri(tracking_uri)
     if check_uri:
         check_tracking_uri(uri)
@@ -95,15 +114,18 @@ def load_runs(
             n_dropped = sum(len(d["dropped_run_ids"]) for d in duplicates)
             logger.warning("%d trial key(s) have several FINISHED runs; kept the earliest of each, "
                            "ignored %d run(s)", len(duplicates), n_dropped)
+        diverged_runs = _diverged_runs(client, exp.experiment_id, set(kept["trial_key"]))
         t2 = time.perf_counter()
         if not server:
             fetcher.expected_steps = _expected_steps(runs)
             fetcher.submit(kept["run_id"].tolist())
+        fetcher.submit(diverged_runs["run_id"].tolist())
         hist, strategy = fetcher.result()
-    hist = hist[hist["run_id"].isin(set(kept["run_id"]))]
     t3 = time.perf_counter()
-    df = _tidy(kept, hist, list(metrics), skipped)
-    diverged = _diverged_trials(client, exp.experiment_id, set(kept["trial_key"]) if len(kept) else set())
+    finished = _tidy(kept, hist[hist["run_id"].isin(set(kept["run_id"]))], list(metrics), skipped)
+    finished["diverged"] = False
+    failed = _tidy(diverged_runs, hist[hist["run_id"].isin(set(diverged_runs["run_id"]))], list(metrics), [])
+    df = _with_diverged(finished, _fill_diverged(failed, list(metrics))) if diverged == "count" else finished
     t4 = time.perf_counter()
     df.attrs.update({
         "experiment": experiment,
@@ -112,10 +134,11 @@ def load_runs(
         "n_finished_runs": len(runs),
         "duplicates": duplicates,
         "skipped": skipped,
-        "diverged": diverged,
+        "diverged": _diverged_list(diverged_runs),
+        "diverged_policy": diverged,
         "history_strategy": strategy,
         "timings_s": {"search_runs": t1 - t0, "runs_frame": t2 - t1, "histories": t3 - t2, "tidy": t4 - t3},
-        "param_columns": [c for c in df.columns if c not in (*LEADING_COLUMNS, *metrics, *RUN_COLUMNS)],
+        "param_columns": [c for c in df.columns if c not in (*LEADING_COLUMNS, *metrics, *RUN_COLUMNS, "diverged")],
     })
     return df
 
@@ -131,28 +154,98 @@ def _search_finished_trials(client: MlflowClient, experiment_id: str, page_size:
             return
 
 
-def _diverged_trials(client: MlflowClient, experiment_id: str, finished_keys: set[str]) -> list[dict]:
-    """One entry per trial that diverged and has no FINISHED run: weight_scale, use_batchnorm, seed, reason.
-
-    They are not in the statistics (they have no final accuracy) but the figures and the report count them.
-    """
-    found: dict[str, dict] = {}
+def _diverged_runs(client: MlflowClient, experiment_id: str, finished_keys: set[str]) -> pd.DataFrame:
+    """The runs of trials that diverged and have no FINISHED run (the earliest run of each), as from
+    :func:`_runs_frame`. Runs that cannot be read are left out (the FINISHED ones are what ``skipped`` lists)."""
+    runs: list[Run] = []
     token = None
     while True:
         page = client.search_runs([experiment_id], DIVERGED_FILTER, max_results=SEARCH_PAGE, page_token=token)
-        for run in page:
-            key, params = run.data.tags.get("trial_key"), run.data.params
-            if not key or key in finished_keys or key in found:
-                continue
-            try:
-                found[key] = {"trial_key": key, "weight_scale": float(params["weight_scale"]),
-                              "use_batchnorm": parse_bool(params["use_batchnorm"]),
-                              "seed": _parse_int(params["seed"]), "reason": run.data.tags["failure_reason"]}
-            except (KeyError, ValueError):
-                continue
+        runs += [r for r in page if r.data.tags.get("trial_key") not in finished_keys]
         token = page.token
         if not token:
-            return sorted(found.values(), key=lambda d: (-d["weight_scale"], not d["use_batchnorm"], d["seed"]))
+            break
+    frame, _ = _runs_frame(runs)
+    kept, _ = pick_one_per_trial(frame)
+    reasons = {r.info.run_id: r.data.tags.get("failure_reason", "") for r in runs}
+    kept["failure_reason"] = [reasons[r] for r in kept["run_id"]]
+    return kept
+
+
+def _diverged_list(runs: pd.DataFrame) -> list[dict]:
+    """``df.attrs["diverged"]``: weight_scale, use_batchnorm, seed, trial_key, reason; largest scale first."""
+    found = [{"trial_key": str(r.trial_key), "weight_scale": float(r.weight_scale),
+              "use_batchnorm": bool(r.use_batchnorm), "seed": int(r.seed), "reason": str(r.failure_reason)}
+             for r in runs.itertuples()]
+    return sorted(found, key=lambda d: (-d["weight_scale"], not d["use_batchnorm"], d["seed"]))
+
+
+def _fill_diverged(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Diverged runs' rows to their last epoch: accuracy as measured where the loss became non-finite (CHANCE if
+    not logged), ``train_loss`` NaN from there (see :func:`load_runs`)."""
+    if df.empty:
+        return df.assign(diverged=pd.Series(dtype=bool))
+    out = []
+    for _, run in df.groupby("run_id", sort=False):
+        run = run.sort_values("epoch")
+        at = _diverged_at(run)
+        last = max(int(run["epoch"].max()), _param_epochs(run))
+        head = run[run["epoch"] <= at]
+        tail = pd.DataFrame([head.iloc[-1]] * (last - at)) if last > at else head.iloc[:0]
+        tail = tail.assign(epoch=range(at + 1, last + 1))
+        filled = pd.concat([head, tail], ignore_index=True)
+        from_div = filled["epoch"] >= at
+        at_row = head[head["epoch"] == at]
+        for m in metrics:
+            if m == "train_loss":
+                filled.loc[filled["epoch"] > at, m] = float("nan")
+                continue
+            value = float(at_row[m].iloc[0]) if len(at_row) else float("nan")
+            filled.loc[from_div, m] = value if math.isfinite(value) else CHANCE
+        out.append(filled)
+    result = pd.concat(out, ignore_index=True)
+    result["epoch"] = result["epoch"].astype("int64")
+    return result.assign(diverged=True)
+
+
+def _diverged_at(run: pd.DataFrame) -> int:
+    """The epoch the loss became non-finite: from the sweep's failure_reason ("... at epoch N"), else the first
+    epoch whose logged loss is not finite (a store may keep inf as the largest float), else the last logged."""
+    found = re.search(r"at epoch (\d+)", str(run["failure_reason"].iloc[0]))
+    if found:
+        return int(found.group(1))
+    loss = run["train_loss"].to_numpy(dtype=float) if "train_loss" in run else np.full(len(run), np.nan)
+    bad = run["epoch"].to_numpy()[~(np.abs(loss) < np.finfo(float).max)]
+    return int(bad.min()) if bad.size else int(run["epoch"].max())
+
+
+def _param_epochs(run: pd.DataFrame) -> int:
+    """The run's ``epochs`` param, or -1 when it has none."""
+    if "epochs" not in run or pd.isna(run["epochs"].iloc[0]):
+        return -1
+    return int(run["epochs"].iloc[0])
+
+
+def _with_diverged(finished: pd.DataFrame, diverged: pd.DataFrame) -> pd.DataFrame:
+    """Both frames in one, the columns and order of ``finished`` (``failure_reason`` dropped)."""
+    if diverged.empty:
+        return finished
+    both = pd.concat([finished, diverged[[c for c in finished.columns if c in diverged]]], ignore_index=True)
+    both["diverged"] = both["diverged"].astype(bool)
+    for col in ("seed", "epoch"):
+        both[col] = both[col].astype("int64")
+    both["use_batchnorm"] = both["use_batchnorm"].astype(bool)
+    return both.sort_values(["weight_scale", "use_batchnorm", "seed", "epoch"], kind="mergesort").reset_index(
+        drop=True)
+
+
+def without_diverged(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame under the ``exclude`` policy: the rows of diverged trials dropped, attrs kept."""
+    if "diverged" not in df:
+        return df
+    out = df[~df["diverged"]].reset_index(drop=True)
+    out.attrs = {**df.attrs, "diverged_policy": "exclude"}
+    return out
 
 
 def diverged_counts(df: pd.DataFrame) -> dict[tuple[float, bool], int]:

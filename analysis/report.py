@@ -274,6 +274,42 @@ def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str]) -> str:
     ])
 
 
+def _policy_section(comparison: pd.DataFrame, other: pd.DataFrame, policy: str,
+                    labels: dict[float, str]) -> list[str]:
+    """Cells whose comparison changes with the diverged policy: both versions side by side."""
+    keys = ["weight_scale", "metric"]
+    both = comparison.merge(other, on=keys, suffixes=("", "_other"))
+    shown = ["n_pairs", "mean_diff", "ci_low", "ci_high", "cs_low", "cs_high", "significant"]
+    differ = np.zeros(len(both), dtype=bool)
+    for col in shown:
+        a, b = both[col], both[f"{col}_other"]
+        differ |= ~((a == b) | (a.isna() & b.isna())).to_numpy()
+    changed = both[differ]
+    other_policy = "exclude" if policy == "count" else "count"
+    names = {"count": "diverged counted", "exclude": "diverged left out"}
+    if changed.empty:
+        return ["## Diverged trials: counted or left out", "",
+                f"Every cell reads the same with --diverged {other_policy}.", ""]
+
+    def side(r: pd.Series, suffix: str) -> str:
+        pairs, diff = int(r[f"n_pairs{suffix}"]), r[f"mean_diff{suffix}"]
+        sig = " **significant**" if r[f"significant{suffix}"] else ""
+        return (f"{pairs} pairs: {_fmt(diff)} [{_fmt(r[f'ci_low{suffix}'])}, {_fmt(r[f'ci_high{suffix}'])}], CS "
+                f"[{_fmt(r[f'cs_low{suffix}'])}, {_fmt(r[f'cs_high{suffix}'])}]{sig}")
+
+    order = changed.assign(_m=changed["metric"] != "test_acc").sort_values(["_m", "weight_scale"],
+                                                                           ascending=[True, False])
+    table = markdown_table(order, [
+        ("metric", lambda r: metric_label(r["metric"])),
+        ("W", lambda r: labels[r["weight_scale"]]),
+        (f"{names[policy]} (this report)", lambda r: side(r, "")),
+        (f"{names[other_policy]} (--diverged {other_policy})", lambda r: side(r, "_other")),
+    ])
+    return ["## Diverged trials: counted or left out", "",
+            f"The cells that read differently with --diverged {other_policy} (BN \u2212 plain: mean [95% t "
+            "interval], anytime-valid CS).", "", table, ""]
+
+
 def build_report(
     *,
     experiment: str,
@@ -287,17 +323,23 @@ def build_report(
     width: float,
     alpha: float,
     notes: Sequence[str] = (),
+    diverged_policy: str = "count",
+    other_comparison: pd.DataFrame | None = None,
 ) -> str:
     """The whole report.md text. ``figures`` maps name (grid, curves, final_accuracy, difference) to a
-    path relative to the report."""
+    path relative to the report. ``other_comparison`` is the comparison under the other diverged policy: the
+    cells where it differs get a section of their own."""
     scales = sorted(df["weight_scale"].unique())
     labels = scale_labels(scales)
     n_runs = df["run_id"].nunique()
     counts = final[final["metric"] == final["metric"].iloc[0]]["n"] if not final.empty else []
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# Batch normalization across weight scales: `{experiment}`", ""]
+    n_diverged = int(df.loc[df["diverged"], "run_id"].nunique()) if "diverged" in df else 0
+    runs_text = f"{n_runs} trial runs ({n_diverged} of them diverged)" if n_diverged else \
+        f"{n_runs} finished trial runs"
     out.append(f"Generated {now} from `{display_store(tracking_uri)}`, experiment `{experiment}` "
-               f"(id {df.attrs.get('experiment_id', '?')}). {n_runs} finished trial runs: {len(scales)} weight "
+               f"(id {df.attrs.get('experiment_id', '?')}). {runs_text}: {len(scales)} weight "
                f"scales \u00d7 2 arms (BatchNorm, plain), {seeds_text(counts)}; {describe_data(df)}.")
     out += ["", "What every trial shares:", ""]
     out += [f"- {line}" for line in describe_setup(df)]
@@ -323,6 +365,8 @@ def build_report(
         cm = comparison[comparison["metric"] == m]
         if not cm.empty:
             out += [f"### {metric_label(m).capitalize()}", "", _comparison_table(cm, labels), ""]
+    if other_comparison is not None:
+        out += _policy_section(comparison, other_comparison, diverged_policy, labels)
     out += [f"## Seeds needed for a 95% interval narrower than {width:g}", "",
             "The smallest n with 2 \u00b7 t(0.975, n\u22121) \u00b7 sd / \u221an \u2264 "
             f"{width:g}, from the sd observed now (\u2013 where fewer than 2 values).", "",
@@ -350,8 +394,14 @@ def build_report(
             "large the difference.",
             f"- \"Failed to learn\": mean final train accuracy below {FAIL_THRESHOLD:.2f} (chance 0.10), said "
             f"only of an arm with at least {MIN_RUNS_TO_SAY} finished runs.",
-            "- Only FINISHED runs tagged run_kind=trial are used; of several FINISHED runs of one trial key the "
-            "earliest is used.",
+            "- Only FINISHED runs tagged run_kind=trial are used, and the trials that diverged (FAILED with "
+            "failure_reason 'diverged...'); of several runs of one trial key the earliest is used. "
+            + ("Diverged trials are counted (--diverged count): a net whose loss became non-finite failed to "
+               "learn, as the book's Figure 6-19 shows it, so its accuracy from that epoch to the last is the one "
+               "measured there, the network's actual predictions (NaN scores predict class 0, near chance on "
+               "balanced classes), or chance (0.10) where none was measured; its loss is missing from there."
+               if diverged_policy == "count" else
+               "Diverged trials are left out of the statistics (--diverged exclude) and counted apart."),
             "", "## Files", "",
             "- `summary.csv`: per weight scale, arm, metric and epoch: n, mean, std, sem, ci_low, ci_high, "
             "n_runs, note.",

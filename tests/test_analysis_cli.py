@@ -218,3 +218,33 @@ def test_cli_against_a_real_mlflow_server(sweep, tmp_path, capsys):
         assert "nope" not in [e.name for e in remote.search_experiments()]
     finally:
         stop_mlflow_server(proc)
+
+
+def test_diverged_trials_are_counted_by_default_and_the_report_gives_both_policies(sweep, tmp_path, capsys):
+    """Plain at W=1 diverges for seeds 3 and 4 (added to the 3-seed grid): counted, W=1 has 5 pairs; with
+    --diverged exclude it has 3, and both reports show the cells that read differently."""
+    uri, client, exp_id, _ = sweep
+    for seed in (3, 4):
+        log_trial_run(client, exp_id, trial_config(1.0, True, seed, epochs=3),
+                      {"train_acc": [0.1, 0.6, 0.7, 0.8], "test_acc": [0.1, 0.6, 0.7, 0.8],
+                       "train_loss": [2.3, 1.0, 0.8, 0.6]})
+        log_trial_run(client, exp_id, trial_config(1.0, False, seed, epochs=3),
+                      {"train_acc": [0.1, 0.098], "test_acc": [0.1, 0.101], "train_loss": [2.3, float("nan")]},
+                      status="FAILED", failure_reason="diverged: train_loss is not finite at epoch 1")
+    pairs = {}
+    for policy in ("count", "exclude"):
+        out = tmp_path / policy
+        args = ["--experiment", "sweep", "--tracking-uri", uri, "--out", str(out), "--no-log"]
+        assert main(args + (["--diverged", policy] if policy == "exclude" else [])) == 0
+        comparison = pd.read_csv(out / "comparison.csv").set_index(["weight_scale", "metric"])
+        pairs[policy] = int(comparison.loc[(1.0, "test_acc"), "n_pairs"])
+        assert comparison.loc[(1.0, "test_acc"), "plain_diverged"] == 2
+        report = (out / "report.md").read_text()
+        assert "## Diverged trials: counted or left out" in report
+        other = "exclude" if policy == "count" else "count"
+        assert f"with --diverged {other} (BN \u2212 plain" in report
+        assert f"| test accuracy | {scale_labels(SCALES)[1.0]} |" in report
+        assert f"2 trial(s) diverged (non-finite loss; {'counted as results' if policy == 'count' else 'FAILED'}" \
+            in report
+    assert pairs == {"count": 5, "exclude": 3}
+    assert "counted as nets that failed to learn (--diverged count)" in capsys.readouterr().out

@@ -97,6 +97,8 @@ def test_tidy_frame_holds_exactly_the_logged_histories(store):
 
 
 def test_only_finished_trial_runs_count(store):
+    """A run that failed for any reason but divergence, was killed, still runs, is no trial or is deleted is no
+    result; with --diverged exclude a diverged run is none either (tests/test_analysis_diverged.py counts it)."""
     uri, client, exp_id = store
     known = log_known_grid(client, exp_id, scales=(0.1,), seeds=(0,))
     rng = np.random.default_rng(5)
@@ -111,9 +113,14 @@ def test_only_finished_trial_runs_count(store):
                                       random_history(rng))
     client.delete_run(others["deleted"])
 
-    df = load_runs("exp", uri)
+    others["crashed"] = log_trial_run(client, exp_id, trial_config(0.1, True, 22, epochs=EPOCHS),
+                                      random_history(rng), status="FAILED", failure_reason="WorkerCrashedError: ...")
+
+    df = load_runs("exp", uri, diverged="exclude")
     assert set(df["run_id"]) == {run_id for run_id, _, _ in known.values()}
     assert df.attrs["n_finished_runs"] == len(known)
+    counted = load_runs("exp", uri)
+    assert set(counted["run_id"]) == set(df["run_id"]) | {others["FAILED"]}
 
 
 def test_duplicate_trial_keys_keep_the_earliest_and_are_reported(store, caplog):
