@@ -24,7 +24,15 @@ from analysis.figures import (
 )
 from analysis.load import DIVERGED_POLICIES, diverged_counts, load_runs, varying_config, without_diverged
 from analysis.report import build_report, describe_data, findings
-from analysis.stats import ALPHA, DEFAULT_WIDTH, arm_summary, final_summary, nearest_scale, paired_comparison
+from analysis.stats import (
+    ALPHA,
+    DEFAULT_WIDTH,
+    arm_summary,
+    final_summary,
+    interval_history,
+    nearest_scale,
+    paired_comparison,
+)
 from analysis.store import cap_http_retries, check_tracking_uri, resolve_tracking_uri
 from tracking.uri import StoreError, check_experiment_name
 
@@ -64,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Analyse a batch-norm weight-scale sweep stored in MLflow: mean +- std curves, the 4x4 grid "
                     "over weight scales, paired BN - plain statistics across seeds, and seeds needed. Writes "
-                    "figures (PNG+SVG), summary.csv, comparison.csv and report.md, and logs them as artifacts of "
-                    "one analysis run (tag run_kind=analysis) in the same experiment.",
+                    "figures (PNG+SVG), summary.csv, comparison.csv, intervals.csv and report.md, and logs them as "
+                    "artifacts of one analysis run (tag run_kind=analysis) in the same experiment, with each "
+                    "cell's paired mean and intervals as metrics by number of seeds.",
     )
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                    help="MLflow experiment name of the sweep (default: %(default)s)")
@@ -127,9 +136,31 @@ def _data_notes(df: pd.DataFrame) -> list[str]:
     return notes
 
 
+HISTORY_COLUMNS = ("mean_diff", "ci_low", "ci_high", "cs_low", "cs_high")
+LOG_BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch
+
+
+def history_metrics(history: pd.DataFrame, timestamp_ms: int) -> list:
+    """The rows of :func:`analysis.stats.interval_history` as MLflow metrics ``<metric>/W<scale>/<column>`` with
+    step = number of seeds, so MLflow's charts show each cell's intervals narrowing as seeds were added."""
+    from mlflow.entities import Metric
+
+    labels = scale_labels(history["weight_scale"].unique()) if len(history) else {}
+    out = []
+    for row in history.itertuples(index=False):
+        prefix = f"{row.metric}/W{labels[row.weight_scale]}"
+        for col in HISTORY_COLUMNS:
+            value = float(getattr(row, col))
+            if value == value:  # the t interval has no value at n = 1
+                out.append(Metric(f"{prefix}/{col}", value, timestamp_ms, int(row.n)))
+    return out
+
+
 def log_analysis_run(uri: str, experiment_id: str, files: list[Path], params: dict[str, str],
-                     description: str) -> str:
-    """Create one FINISHED run tagged run_kind=analysis holding ``files`` as artifacts; returns its id."""
+                     description: str, history: pd.DataFrame | None = None) -> str:
+    """Create one FINISHED run tagged run_kind=analysis holding ``files`` as artifacts and, from ``history``, each
+    cell's paired mean, t interval and confidence sequence per number of seeds (:func:`history_metrics`); returns
+    its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -140,6 +171,9 @@ def log_analysis_run(uri: str, experiment_id: str, files: list[Path], params: di
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        metrics = history_metrics(history, run.info.start_time) if history is not None else []
+        for i in range(0, len(metrics), LOG_BATCH_METRICS):
+            client.log_batch(run_id, metrics=metrics[i:i + LOG_BATCH_METRICS])
         for path in files:
             client.log_artifact(run_id, str(path))
     except BaseException:
@@ -222,9 +256,11 @@ def run(args: argparse.Namespace) -> int:
     }
     for name, fig in figs.items():
         written += save_figure(fig, out, name)
+    history = interval_history(df, alpha=args.alpha)
     summary.to_csv(out / "summary.csv", index=False)
     comparison.to_csv(out / "comparison.csv", index=False)
-    written += [out / "summary.csv", out / "comparison.csv"]
+    history.to_csv(out / "intervals.csv", index=False)
+    written += [out / "summary.csv", out / "comparison.csv", out / "intervals.csv"]
     report = build_report(experiment=args.experiment, tracking_uri=uri, df=df, comparison=comparison, final=final,
                           figures={name: f"{name}.png" for name in figs}, curves_scale=curves_scale,
                           metric=args.metric, width=args.width, alpha=args.alpha, notes=notes,
@@ -253,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
             "diverged_policy": args.diverged,
         }
         run_id = log_analysis_run(uri, df.attrs["experiment_id"], written, params,
-                                  f"Analysis of {n_runs} trial runs.\n\n{text}")
+                                  f"Analysis of {n_runs} trial runs.\n\n{text}", history=history)
         print(f"logged analysis run {run_id} (run_kind=analysis) with {len(written)} artifacts to {uri}")
     return 0
 

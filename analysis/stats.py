@@ -282,11 +282,17 @@ def seed_block(seeds_bn, seeds_plain) -> list[int]:
     return block
 
 
-def _sequence_columns(group: pd.DataFrame, metric: str, alpha: float, n_scales: int, row: dict) -> dict:
-    """cs_n, cs_low, cs_high, p_anytime of one cell (see the module docstring); extends ``row['note']``."""
+def _block_differences(group: pd.DataFrame, metric: str) -> tuple[list[int], np.ndarray]:
+    """The seed block of one cell (final values of one weight scale) and its non-NaN differences, in seed order."""
     arms = {bn: group[group["use_batchnorm"] == bn].set_index("seed")[metric] for bn in (True, False)}
     block = seed_block(arms[True].index, arms[False].index)
     diff = (arms[True].reindex(block) - arms[False].reindex(block)).dropna().to_numpy(dtype=float)
+    return block, diff
+
+
+def _sequence_columns(group: pd.DataFrame, metric: str, alpha: float, n_scales: int, row: dict) -> dict:
+    """cs_n, cs_low, cs_high, p_anytime of one cell (see the module docstring); extends ``row['note']``."""
+    block, diff = _block_differences(group, metric)
     notes = [row["note"]] if row["note"] else []
     if diff.size == 0:
         notes.append(NOTE_NO_CS)
@@ -299,6 +305,35 @@ def _sequence_columns(group: pd.DataFrame, metric: str, alpha: float, n_scales: 
             notes.append(f"confidence sequence over seeds {block[0]}-{block[-1]} ({diff.size} of "
                          f"{row['n_pairs']} pairs: a later seed waits for a missing one)")
     return {**cs, "note": "; ".join(notes)}
+
+
+def interval_history(df: pd.DataFrame, metrics: Sequence[str] = COMPARED_METRICS, *,
+                     confidence: float = CONFIDENCE, alpha: float = ALPHA) -> pd.DataFrame:
+    """How each cell's intervals narrowed as seeds were added: per (weight_scale, metric) and n = 1..cs_n (the
+    first n pairs of its seed block), ``mean_diff``, the t interval ``ci_low``/``ci_high`` of those n pairs (NaN
+    for n < 2, or the same non-zero difference from every seed) and the confidence sequence ``cs_low``/``cs_high``
+    after n pairs (as in :func:`paired_comparison`, simultaneous over the scales). Only the CS may be read at every
+    n."""
+    finals = final_values(df, metrics)
+    n_scales = max(finals["weight_scale"].nunique(), 1)
+    frames = []
+    for metric in [m for m in metrics if m in finals]:
+        for w, group in finals.groupby("weight_scale", sort=True):
+            _, diff = _block_differences(group, metric)
+            if diff.size == 0:
+                continue
+            seq = difference_cs(np.clip(diff, -1.0, 1.0), alpha / n_scales)
+            n = seq["n"]
+            sd = pd.Series(diff).expanding().std(ddof=1).to_numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                no_spread_ = (sd == 0) & (seq["mean_diff"] != 0)  # as paired_comparison: no t interval
+                half = t_quantile(n, confidence) * np.where(no_spread_, np.nan, sd) / np.sqrt(n)
+            frames.append(pd.DataFrame({"weight_scale": float(w), "metric": metric, "n": n,
+                                        "mean_diff": seq["mean_diff"], "ci_low": seq["mean_diff"] - half,
+                                        "ci_high": seq["mean_diff"] + half, "cs_low": seq["cs_low"],
+                                        "cs_high": seq["cs_high"]}))
+    columns = ["weight_scale", "metric", "n", "mean_diff", "ci_low", "ci_high", "cs_low", "cs_high"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def final_summary(df: pd.DataFrame, metrics: Sequence[str] = COMPARED_METRICS,

@@ -30,6 +30,7 @@ from model.optimizers import OPTIMIZERS
 from pipeline.data import DATASETS, VERIFIED
 from pipeline.trials import (
     UsageError,
+    cell_tags,
     params_of,
     run_name,
     trial_key,
@@ -558,7 +559,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
 
     def claim(config: dict, key: str, gen) -> Active | None:
         """Create the trial's RUNNING run (its task is already submitted); None if another sweep has it."""
-        tags = dict(static_tags, trial_key=key, heartbeat=f"{time.time():.0f}")
+        tags = dict(static_tags, trial_key=key, **cell_tags(config), heartbeat=f"{time.time():.0f}")
         run_id, start_time = tracker.create_run(exp_id, run_name(config), tags)
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
         if tracking.winner(mine, rivals_of(key), args.orphan_timeout) is not None:

@@ -54,8 +54,14 @@ def trial_key(config: dict) -> str:
 
 def run_name(config: dict) -> str:
     """A readable MLflow run name, e.g. ``w=0.01 bn seed=3``."""
-    arm = "bn" if config["use_batchnorm"] else "plain"
-    return f"w={config['weight_scale']:.4g} {arm} seed={config['seed']}"
+    tags = cell_tags(config)
+    return f"{tags['cell']} {tags['arm']} seed={config['seed']}"
+
+
+def cell_tags(config: dict) -> dict[str, str]:
+    """``cell`` (the compared cell, e.g. ``w=0.01``) and ``arm`` (``bn`` or ``plain``): group runs by them in
+    MLflow's UI for one line per cell and arm."""
+    return {"cell": f"w={config['weight_scale']:.4g}", "arm": "bn" if config["use_batchnorm"] else "plain"}
 
 
 def params_of(config: dict) -> dict[str, str]:

@@ -35,7 +35,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from model.trial import DEFAULT_CONFIG
-from pipeline.trials import params_of, run_name, trial_key
+from pipeline.trials import cell_tags, params_of, run_name, trial_key
 from tests.topology import free_port
 
 METRICS = ("train_acc", "test_acc", "train_loss")
@@ -81,6 +81,7 @@ def trial_tags(config: Mapping, *, run_kind: str = "trial", sweep_id: str = "syn
     tags = {
         "run_kind": run_kind,
         "trial_key": trial_key(config),
+        **cell_tags(config),
         "sweep_id": sweep_id,
         "dataset": str(config["dataset"]),
         "dataset_sha256": hashlib.sha256(str(config["dataset"]).encode()).hexdigest(),

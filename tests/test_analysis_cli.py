@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCALES = (1.0, 0.1, 0.01, 0.001)
 SEEDS = (0, 1, 2)
 FILES = {"grid.png", "grid.svg", "curves.png", "curves.svg", "final_accuracy.png", "final_accuracy.svg",
-         "difference.png", "difference.svg", "summary.csv", "comparison.csv", "report.md"}
+         "difference.png", "difference.svg", "summary.csv", "comparison.csv", "intervals.csv", "report.md"}
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +87,20 @@ def test_cli_writes_files_and_logs_one_analysis_run(sweep, tmp_path, capsys):
     assert run.data.params["width"] == "0.05"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == FILES
     assert run.info.run_id in captured.out
+
+    # each cell's mean and intervals by number of seeds: the CS at 3 seeds is the one in comparison.csv, and
+    # MLflow's history of it has one value per seed (step = n)
+    intervals = pd.read_csv(out / "intervals.csv")
+    assert len(intervals) == len(SCALES) * 2 * 3 and set(intervals["n"]) == {1, 2, 3}
+    w = SCALES[2]
+    key = f"test_acc/W{scale_labels(SCALES)[w]}"
+    row = comparison.set_index(["weight_scale", "metric"]).loc[(w, "test_acc")]
+    assert run.data.metrics[f"{key}/cs_low"] == pytest.approx(row["cs_low"])
+    assert run.data.metrics[f"{key}/ci_high"] == pytest.approx(row["ci_high"])
+    cs_high = client.get_metric_history(run.info.run_id, f"{key}/cs_high")
+    assert [m.step for m in cs_high] == [1, 2, 3]
+    assert [m.value for m in cs_high] == sorted((m.value for m in cs_high), reverse=True)  # it only narrows
+    assert [m.step for m in client.get_metric_history(run.info.run_id, f"{key}/ci_low")] == [2, 3]
 
 
 def test_rerun_ignores_the_analysis_run_and_sees_added_seeds(sweep, tmp_path, capsys):

@@ -24,6 +24,7 @@ from analysis.stats import (
     arm_summary,
     final_summary,
     holm,
+    interval_history,
     nearest_scale,
     paired_comparison,
     seed_block,
@@ -337,3 +338,25 @@ def test_seed_block_starts_at_the_smallest_seed_and_stops_at_the_first_gap():
     assert seed_block([3, 4, 5, 7], [3, 4, 5, 6, 7]) == [3, 4, 5]
     assert seed_block([0, 1, 2], [1, 2]) == []  # seed 0 waits for its plain run: nothing after it is read
     assert seed_block([], []) == []
+
+
+def test_interval_history_ends_at_the_comparison_and_the_t_interval_of_the_first_n(known):
+    hist, df = known
+    history = interval_history(df, alpha=0.05)
+    comp = paired_comparison(df, alpha=0.05).set_index(["weight_scale", "metric"])
+    for (w, metric), cell in history.groupby(["weight_scale", "metric"]):
+        row = comp.loc[(w, metric)]
+        assert cell["n"].tolist() == list(range(1, int(row["cs_n"]) + 1))
+        last = cell.iloc[-1]
+        assert (last["cs_low"], last["cs_high"]) == (row["cs_low"], row["cs_high"])
+        assert (cell["cs_high"].diff().dropna() <= 0).all() and (cell["cs_low"].diff().dropna() >= 0).all()
+    cell = history[(history["weight_scale"] == 0.01) & (history["metric"] == "train_acc")].set_index("n")
+    d = np.array([hist[(0.01, True, s)]["train_acc"][LAST] - hist[(0.01, False, s)]["train_acc"][LAST]
+                  for s in range(5)])
+    for n in (2, 3, 4, 5):
+        lo, hi = t_ci(d[:n])
+        assert cell.loc[n, "ci_low"] == pytest.approx(lo) and cell.loc[n, "ci_high"] == pytest.approx(hi)
+    assert math.isnan(cell.loc[1, "ci_low"])
+    assert (1.0, "train_acc") in set(zip(history["weight_scale"], history["metric"], strict=True))
+    zero = history[(history["weight_scale"] == 0.2) & (history["metric"] == "test_acc")].set_index("n")
+    assert zero.loc[4, "ci_low"] == 0 == zero.loc[4, "ci_high"]  # all differences 0, as in paired_comparison

@@ -31,7 +31,7 @@ EXPERIMENT = "small"
 PARAMS = {"weight_scale", "use_batchnorm", "seed", "epochs", "batch_size", "lr", "optimizer", "train_size",
           "test_size", "dataset", "hidden_size_list", "dtype", "activation"}
 TAGS = {"trial_key", "sweep_id", "dataset", "dataset_sha256", "code_version", "numpy_version", "ray_node",
-        "run_kind", "driver", "heartbeat"}
+        "run_kind", "driver", "heartbeat", "cell", "arm"}
 
 
 def expected_keys(seeds: list[int]) -> set[str]:
@@ -84,6 +84,9 @@ def test_small_sweep_logs_every_trial_once_then_resumes_and_extends(fashion_mnis
         assert tags["dataset"] == "fashion-mnist" and len(tags["dataset_sha256"]) == 64
         assert tags["dataset_verified"] == "true"  # Debian's files are the official ones
         assert tags["numpy_version"] == np.__version__ and tags["run_kind"] == "trial"
+        # MLflow's group-by: one line per compared cell and arm
+        assert run.info.run_name.startswith(f"{tags['cell']} {tags['arm']} ")
+        assert tags["arm"] == ("bn" if p["use_batchnorm"] == "True" else "plain")
         assert len({r.data.tags["sweep_id"] for r in runs}) == 1
         # Every metric at every epoch, exactly once, and equal to training the same trial here.
         config = {"weight_scale": float(p["weight_scale"]), "use_batchnorm": p["use_batchnorm"] == "True",
