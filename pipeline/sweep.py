@@ -28,6 +28,7 @@ import numpy as np
 
 from model.optimizers import OPTIMIZERS
 from pipeline.data import DATASETS, VERIFIED
+from pipeline.rounds import DEFAULT_MAX_SEEDS
 from pipeline.trials import (
     UsageError,
     cell_tags,
@@ -84,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "np.logspace(0, -4, 16))")
     g.add_argument("--batchnorm", default="both", choices=["on", "off", "both"], help="which arms to train")
     g.add_argument("--seeds", default="0-4", help="seeds to run: a range 0-4, a list 0,3,7, or both 0-4,9")
+    u = p.add_argument_group("seeds until clear (after the grid, in rounds; README: Seeds until clear)")
+    u.add_argument("--until-width", type=float, default=None, metavar="W",
+                   help="add seeds to every weight scale whose anytime-valid 95%% confidence sequence of the paired "
+                        "BN - plain test accuracy is wider than W (full width), in rounds of as many seeds as "
+                        "--seeds gives, until none is or --max-seeds is reached")
+    u.add_argument("--until-decided", action="store_true",
+                   help="as --until-width, until every scale's confidence sequence excludes 0 (or, with "
+                        "--until-width, is narrower than W)")
+    u.add_argument("--max-seeds", type=int, default=None, metavar="N",
+                   help=f"at most N seeds per weight scale in those rounds (default: {DEFAULT_MAX_SEEDS})")
     h = p.add_argument_group("the trial (fixed across the grid)")
     h.add_argument("--dataset", default="mnist", choices=DATASETS,
                    help="data set: the official MNIST or Fashion-MNIST files, checked against their known sums, or "
@@ -217,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     keys = [trial_key(c) for c in grid]
 
     if args.dry_run:
-        return _dry_run(args, uri, grid, keys, checked.store.exists)
+        return _dry_run(args, uri, grid, keys, checked.store.exists, checked.until)
 
     from pipeline import cluster
 
@@ -282,7 +293,10 @@ def run(args: argparse.Namespace) -> int:
         ray_seconds = (first_started or time.perf_counter()) - started  # until the first trials could start
         gc.freeze()
         gc.enable()
-        return _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds, stop, early)
+        code = _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds, stop, early)
+        if code == 0 and checked.until is not None:
+            code = _rounds(args, uri, cpus, checked, (prepared["data"], prepared["plan"].checksum), stop)
+        return code
     except KeyboardInterrupt:
         # Before the first trial: the preparer writes nothing more to MLflow, and ends before the interpreter
         # does (a thread still importing MLflow while Python shuts down fails with a traceback).
@@ -294,6 +308,45 @@ def run(args: argparse.Namespace) -> int:
         cluster.disconnect()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _rounds(args: argparse.Namespace, uri: str, cpus: int, checked, loaded: tuple, stop: threading.Event) -> int:
+    """After the grid: rounds of seeds for the cells not yet clear (:mod:`pipeline.rounds`), then the table."""
+    from pipeline import rounds
+
+    until = checked.until
+    _say(f"Seeds until clear: a weight scale is clear when {until.describe()} (paired BN - plain test accuracy, "
+         f"simultaneous over the {len(checked.scales)} scales); rounds of {until.step} seed(s), at most "
+         f"{until.max_seeds} per scale.")
+    number = 1
+    while True:
+        state = rounds.assess(uri, args.experiment, checked.base, checked.scales, until)
+        if stop.is_set():
+            break
+        unclear = state.unclear
+        if not state.next_grid:
+            print(rounds.table_text(state))
+            left = int(state.table["status"].str.startswith("not clear").sum())
+            what = f"{left} scale(s) not clear at --max-seeds {until.max_seeds}" if left else "every scale is clear"
+            _say(f"Seeds until clear: {what} after {number} round(s).")
+            return 0
+        number += 1
+        scales = ", ".join(f"{w:.4g}" for w in unclear["weight_scale"])
+        _say(f"Round {number}: {len(unclear)} of {len(checked.scales)} scale(s) not yet clear (W={scales}): their "
+             f"seeds up to {max(c['seed'] for c in state.next_grid)}.")
+        keys = [trial_key(c) for c in state.next_grid]
+        prepared: dict = {}
+        _prepare(args, uri, checked.base, state.next_grid, keys, prepared, stop, loaded=loaded)
+        if "error" in prepared:
+            raise prepared["error"]
+        if stop.is_set() or "plan" not in prepared:
+            break
+        code = _sweep(args, uri, cpus, prepared["plan"], time.perf_counter(), 0.0, stop)
+        if code != 0:
+            return code
+    resume = "python -m pipeline.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _say(f"\nInterrupted between rounds: every trial run so far is recorded. Resume with the same command: {resume}")
+    return EXIT_INTERRUPTED
 
 
 def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
@@ -320,7 +373,8 @@ def _finished_keys(args: argparse.Namespace, uri: str, exists: bool) -> set[str]
     return finished | diverged
 
 
-def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str], exists: bool) -> int:
+def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str], exists: bool,
+             until=None) -> int:
     done = _finished_keys(args, uri, exists)
     todo = [c for c, k in zip(grid, keys, strict=True) if k not in done]
     print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED (or diverged) in "
@@ -329,6 +383,9 @@ def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[st
         print(f"  {run_name(config)}")
     if len(todo) > 20:
         print(f"  ... and {len(todo) - 20} more")
+    if until is not None:
+        print(f"Then rounds of {until.step} seed(s) for each weight scale not yet clear (clear: {until.describe()}), "
+              f"up to {until.max_seeds} seeds per scale.")
     return 0
 
 
@@ -368,16 +425,17 @@ class Plan:
 
 
 def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out: dict,
-             cancelled: threading.Event, data_ready: threading.Event | None = None) -> None:
+             cancelled: threading.Event, data_ready: threading.Event | None = None,
+             loaded: tuple | None = None) -> None:
     """Load the data, then plan against MLflow: skip what is FINISHED, end orphans, leave live runs alone.
 
     Runs in a thread beside Ray's start-up; the data comes first (``out["data"]``, then ``data_ready`` is set), so
     that bad data writes nothing to MLflow and the first trials can start before MLflow is even imported.
     Once ``cancelled`` is set (Ctrl-C while Ray starts) it writes nothing more and ends: its error, if any,
-    goes to ``out["error"]``, never to the terminal.
+    goes to ``out["error"]``, never to the terminal. ``loaded``: the (data, checksum) of an earlier round.
     """
     try:
-        data, checksum = trial_data(args, base)
+        data, checksum = loaded if loaded is not None else trial_data(args, base)
         out["data"] = data
         if data_ready is not None:
             data_ready.set()

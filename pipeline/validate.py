@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from pipeline.data import DatasetError, split_sizes
+from pipeline.rounds import DEFAULT_MAX_SEEDS, Until
 from pipeline.trials import (
     DEFAULT_WEIGHT_SCALES,
     UsageError,
@@ -44,6 +45,8 @@ class Checked:
     grid: list[dict]
     uri: str
     store: Store
+    scales: list[float]
+    until: Until | None = None
 
 
 def _positive(option: str, value: float, *, high: float = math.inf) -> None:
@@ -152,6 +155,7 @@ def check_args(args: argparse.Namespace) -> Checked:
     scales = parse_weight_scales(args.weight_scales) if args.weight_scales is not None else DEFAULT_WEIGHT_SCALES
     arms = parse_batchnorm(args.batchnorm)
     seeds = parse_seeds(args.seeds, most=MAX_TRIALS // (len(scales) * len(arms)))
+    until = check_until(args, scales, arms, seeds)
     check_feasible(base, args.workers)
     check_data(args, base)
     try:
@@ -160,5 +164,30 @@ def check_args(args: argparse.Namespace) -> Checked:
         store = check_store(uri, write=True)
     except StoreError as exc:
         raise UsageError(exc.what, exc.fix) from None
-    return Checked(base=base, grid=make_grid(base, scales, arms, seeds), uri=uri, store=store)
+    return Checked(base=base, grid=make_grid(base, scales, arms, seeds), uri=uri, store=store, scales=scales,
+                   until=until)
+
+
+def check_until(args: argparse.Namespace, scales: list[float], arms: list[bool], seeds: list[int]) -> Until | None:
+    """``--until-width``, ``--until-decided``, ``--max-seeds``: a rule that can be met by a grid of both arms, within
+    the seeds a sweep may hold; None when no rounds are asked for."""
+    width, decided, max_seeds = args.until_width, args.until_decided, args.max_seeds
+    if width is None and not decided:
+        if max_seeds is not None:
+            raise UsageError("--max-seeds bounds the rounds of --until-width or --until-decided, and neither is given",
+                             "add --until-width W or --until-decided, or leave --max-seeds out")
+        return None
+    if width is not None:
+        _positive("--until-width", width, high=2.0)  # a difference of accuracies lies in [-1, 1]
+    if len(arms) != 2:
+        raise UsageError(f"--until-{'width' if width is not None else 'decided'} compares BN with plain, and "
+                         f"--batchnorm {args.batchnorm} runs one arm", "use --batchnorm both (the default)")
+    max_seeds = DEFAULT_MAX_SEEDS if max_seeds is None else max_seeds
+    if max_seeds < len(seeds):
+        raise UsageError(f"--max-seeds {max_seeds} is fewer than the {len(seeds)} seeds of --seeds {args.seeds}",
+                         f"give --max-seeds at least {len(seeds)}, or fewer --seeds")
+    if len(scales) * 2 * max_seeds > MAX_TRIALS:
+        raise UsageError(f"--max-seeds {max_seeds} allows {len(scales) * 2 * max_seeds:,} trials; at most "
+                         f"{MAX_TRIALS:,} fit in one experiment", "give a smaller --max-seeds")
+    return Until(width=width, decided=decided, max_seeds=max_seeds, first_seed=seeds[0], step=len(seeds))
 

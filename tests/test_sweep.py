@@ -166,6 +166,10 @@ def test_dry_run_starts_nothing_and_writes_nothing(fashion_mnist_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "8 would run" in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
+    rounds = run_sweep(*SMALL, "--tracking-uri", uri, "--dry-run", "--until-width", "0.3", cwd=tmp_path)
+    assert ("Then rounds of 2 seed(s) for each weight scale not yet clear (clear: it is narrower than 0.3), up to "
+            "50 seeds per scale.") in rounds.stdout
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_diverging_trial_fails_alone_the_sweep_goes_on_and_a_rerun_skips_it(fashion_mnist_dir, tmp_path):

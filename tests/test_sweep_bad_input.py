@@ -62,6 +62,19 @@ CASES = [
     (["--seeds", "1.5"], "'1.5' is not a seed or a range"),
     (["--seeds", "0-100000000"], "--seeds 0-100000000 gives 100,000,001 seeds; at most 500,000 fit in one sweep"),
     (["--seeds", "0-100000000", "--dry-run"], "gives 100,000,001 seeds"),
+    # seeds until clear: a rule that can be met, by a grid of both arms, within the seeds an experiment holds
+    (["--max-seeds", "20"], "--max-seeds bounds the rounds of --until-width or --until-decided, and neither is "
+                            "given (add --until-width W or --until-decided, or leave --max-seeds out)"),
+    (["--until-width", "0"], "--until-width 0 is out of range (give --until-width a number above 0 and at most 2)"),
+    (["--until-width", "3"], "--until-width 3 is out of range"),
+    (["--until-width", "nan"], "--until-width nan is out of range"),
+    (["--until-width", "wide"], "argument --until-width: invalid float value: 'wide'"),
+    (["--until-decided", "--batchnorm", "on"], "--until-decided compares BN with plain, and --batchnorm on runs one "
+                                               "arm (use --batchnorm both (the default))"),
+    (["--until-width", "0.1", "--seeds", "0-4", "--max-seeds", "3"],
+     "--max-seeds 3 is fewer than the 5 seeds of --seeds 0-4 (give --max-seeds at least 5, or fewer --seeds)"),
+    (["--until-decided", "--max-seeds", "0"], "--max-seeds 0 is fewer than the 1 seeds of --seeds 0"),
+    (["--until-decided", "--max-seeds", "600000"], "--max-seeds 600000 allows 1,200,000 trials; at most 1,000,000"),
     (["--batchnorm", "maybe"], "argument --batchnorm: invalid choice: 'maybe'"),
     (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
@@ -128,7 +141,7 @@ def filled_store(tmp_path_factory) -> Path:
     return folder / "mlflow.db"
 
 
-FLAGS = {"--dry-run"}
+FLAGS = {"--dry-run", "--until-decided"}
 
 
 def _args(bad: list[str], values: dict[str, str]) -> list[str]:
