@@ -297,9 +297,10 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     n_text = seeds_text(pairs).replace("seeds per arm", "pairs (seeds) per scale").replace(
         "seed per arm", "pair (seed) per scale")
     sub = ", ".join(p for p in (context, n_text) if p)
-    fig.suptitle("Paired difference BatchNorm \u2212 plain (same seed = same initial weights and batches), "
-                 f"mean with 95% t interval{' and anytime-valid 95% confidence sequence' if any_cs else ''}\n{sub}",
-                 fontsize=11)
+    what = "mean with 95% t interval" + (" (thin bar) and anytime-valid 95% confidence sequence (wide bar)"
+                                         if any_cs else "")
+    fig.suptitle("Paired difference BatchNorm \u2212 plain (same seed = same initial weights and batches)\n"
+                 f"{what}\n{sub}", fontsize=11)
     handles = [
         Line2D([], [], color=color, marker="o", linestyle="none",
                label=f"* significant: Holm-corrected paired t-test p < {alpha:g}"),
@@ -307,13 +308,13 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
                label="not significant"),
         Line2D([], [], color="0.2", linewidth=1, label="no difference (0)"),
         Line2D([], [], color=color, marker="|", linestyle="none", markersize=10,
-               label="thin bar: 95% t interval (valid for a number of seeds fixed in advance)"),
+               label="thin bar: 95% t interval\n(valid for a number of seeds fixed in advance)"),
     ]
     if any_cs:
         n_scales = comparison["weight_scale"].nunique()
         handles.append(Line2D([], [], color=color, alpha=0.22, linewidth=7,
                               label="wide bar: anytime-valid 95% confidence sequence, simultaneous over the "
-                                    f"{n_scales} scales (read it if seeds were added after looking)"))
+                                    f"{n_scales} scales\n(read it if seeds were added after looking)"))
     if any_nobar:
         handles.append(Line2D([], [], color=color, marker="x", linestyle="none",
                               label="no interval, no t-test: fewer than 2 pairs, or all seeds equal"))

@@ -211,16 +211,16 @@ def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: 
             continue
         up = cm[cm["cs_low"] > 0]["weight_scale"]
         down = cm[cm["cs_high"] < 0]["weight_scale"]
-        text = f"for {metric_label(metric)} higher at {len(up)} of {len(cm)} scales"
+        text = f"in {metric_label(metric)} BatchNorm is higher at {len(up)} of {len(cm)} scales"
         text += f" ({describe_scales(up, scales)})" if len(up) and len(up) < len(cm) else ""
         if len(down):
-            text += f", lower at {len(down)} ({describe_scales(down, scales)})"
+            text += f" and lower at {len(down)} ({describe_scales(down, scales)})"
         parts.append(text)
     if not parts:
         return ""
     return (f"Read as anytime-valid (the {100 * (1 - alpha):g}% confidence sequences, simultaneous over the "
-            f"{len(scales)} scales, which stay valid when seeds were added after looking), BatchNorm was "
-            + " and ".join(parts) + "; at the other scales they do not exclude 0 yet.")
+            f"{len(scales)} scales, which stay valid when seeds were added after looking): "
+            + "; ".join(parts) + "; at the other scales they do not exclude 0 yet.")
 
 
 def markdown_table(frame: pd.DataFrame, columns: Sequence[tuple[str, Callable[[pd.Series], str]]]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import functools
 import gc
 import math
 import os
@@ -147,8 +148,11 @@ def trial_grid(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     return checked.base, checked.grid
 
 
+@functools.cache
 def code_version() -> str:
-    """The git commit of this code (with ``-dirty`` for local changes), else the package version."""
+    """The git commit of this code (with ``-dirty`` for local changes), else the package version. Read once per
+    process, as :func:`run` starts: the code a sweep runs is what it loaded then, whatever the checkout becomes while
+    its rounds run."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -226,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
     checked = check_args(args)
     base, grid, uri = checked.base, checked.grid, checked.uri
     keys = [trial_key(c) for c in grid]
+    code_version()
 
     if args.dry_run:
         return _dry_run(args, uri, grid, keys, checked.store.exists, checked.until)

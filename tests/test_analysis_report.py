@@ -92,6 +92,6 @@ def test_the_report_gives_the_confidence_sequence_and_says_when_to_read_it():
     assert row["cs_low"] > 0 and row["cs_n"] == 40
     report = report_of(df)
     assert f"| [{row['cs_low']:.3f}, {row['cs_high']:.3f}] (40) |" in report
-    assert ("simultaneous over the 2 scales, which stay valid when seeds were added after looking), BatchNorm was "
-            "for test accuracy higher at 1 of 2 scales (W=0.01)") in report
+    assert ("simultaneous over the 2 scales, which stay valid when seeds were added after looking): in test "
+            "accuracy BatchNorm is higher at 1 of 2 scales (W=0.01); in train accuracy") in report
     assert "If seeds were added after looking" in report and "only the anytime-valid confidence sequence" in report

@@ -16,6 +16,7 @@ import pytest
 
 from analysis import load_runs
 from analysis.stats import interval_history
+from pipeline import rounds
 from tests.sweep_helpers import FASHION_DIR, SweepProcess, finished_counts, run_sweep, trial_runs
 
 EXPERIMENT = "rounds"
@@ -103,3 +104,22 @@ def test_ctrl_c_in_a_round_and_the_same_command_finishes_the_same_rounds(uninter
     assert set(finished_counts(uri, EXPERIMENT).values()) == {1}
     # nothing the interrupted sweep left RUNNING: its runs were ended KILLED and then rerun
     assert not trial_runs(uri, EXPERIMENT, ("RUNNING",))
+
+
+def test_a_width_rule_clears_the_scales_whose_sequence_is_narrow_enough(uninterrupted):
+    """pipeline.rounds.assess on the store above with --until-width: a scale is clear once its CS is narrower than
+    W, and the next round holds the next seeds of the others only."""
+    uri, _ = uninterrupted
+    base = {"dataset": "fashion-mnist", "train_size": 300, "test_size": 200, "epochs": 5, "batch_size": 100,
+            "lr": 0.01, "optimizer": "sgd", "hidden_size_list": [100] * 5, "activation": "relu", "dtype": "float64"}
+    widths = rounds.assess(uri, EXPERIMENT, base, [0.1, 0.01], rounds.Until(None, True, MAX, 0, STEP)).table
+    widths = widths.set_index("weight_scale")["width"]
+    cut = (widths[0.1] + widths[0.01]) / 2  # between the two: one scale is narrower, the other not
+    state = rounds.assess(uri, EXPERIMENT, base, [0.1, 0.01], rounds.Until(cut, False, MAX + STEP, 0, STEP))
+    status = state.table.set_index("weight_scale")["status"]
+    narrow = widths.idxmin()
+    assert status[narrow] == f"narrower than {cut:g}" and status[widths.idxmax()] == "not clear"
+    seeds = seeds_per_arm(uri)
+    wide = widths.idxmax()
+    assert {(c["weight_scale"], c["seed"]) for c in state.next_grid} == \
+        {(wide, s) for s in range(len(seeds[(wide, True)]) + STEP)}
