@@ -31,7 +31,7 @@ def _readme_rows() -> list[list[str]]:
     text = (REPO / "README.md").read_text(encoding="utf-8").split("## Results", 1)[1]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
             if line.startswith("| ") and not line.startswith(("| W ", "| ---"))]
-    return [r for r in rows if len(r) == 8]
+    return [r for r in rows if len(r) == 9]
 
 
 def _cell(x: float) -> str:
@@ -51,6 +51,7 @@ def test_the_readmes_table_is_comparison_csv():
         assert diff == ("—" if pd.isna(want["mean_diff"]) else f"{want['mean_diff']:+.3f}")
         if not pd.isna(want["ci_low"]):
             assert ci == f"[{want['ci_low']:+.3f}, {want['ci_high']:+.3f}]", (w, ci)
+        assert row[6] == f"[{want['cs_low']:+.3f}, {want['cs_high']:+.3f}]", (w, row[6])  # the anytime-valid CS
 
 
 def test_what_the_readmes_commands_leave_in_the_folder_is_ignored_by_git():
