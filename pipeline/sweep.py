@@ -1,8 +1,8 @@
 """``python -m pipeline.sweep``: run the batch-norm weight-scale experiment as a Ray sweep tracked in MLflow.
 
 Every (weight_scale, use_batchnorm, seed) is one trial, one Ray task and one MLflow run. Trials already FINISHED
-in the experiment are skipped, so the same command resumes an interrupted sweep and ``--seeds 0-9`` after
-``--seeds 0-4`` runs only the new seeds.
+in the experiment are skipped, so the same command resumes an interrupted sweep, ``--seeds 0-9`` after
+``--seeds 0-4`` runs only the new seeds, and ``--lr 0.01,0.1`` after ``--lr 0.01`` only the new cells.
 """
 
 from __future__ import annotations
@@ -27,15 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from model.optimizers import OPTIMIZERS
+from pipeline.axes import AXES
 from pipeline.data import DATASETS, VERIFIED
 from pipeline.rounds import DEFAULT_MAX_SEEDS
 from pipeline.trials import (
     UsageError,
+    axis_label,
     cell_tags,
     params_of,
     run_name,
+    scale_text,
     trial_key,
+    value_text,
 )
 from pipeline.validate import check_args, dataset_usage_error
 from tracking.uri import mlflow_ui_command
@@ -96,21 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "--until-width, is narrower than W)")
     u.add_argument("--max-seeds", type=int, default=None, metavar="N",
                    help=f"at most N seeds per weight scale in those rounds (default: {DEFAULT_MAX_SEEDS})")
-    h = p.add_argument_group("the trial (fixed across the grid)")
+    h = p.add_argument_group("the data and precision (fixed across the grid)")
     h.add_argument("--dataset", default="mnist", choices=DATASETS,
                    help="data set: the official MNIST or Fashion-MNIST files, checked against their known sums, or "
                         "idx: your own four IDX files of 28x28 images in 10 classes in --data-dir (KMNIST, EMNIST "
                         "digits, a copy of MNIST), checked for structure only and tagged dataset_verified=false")
     h.add_argument("--data-dir", default=None, help="folder with the four IDX files (default: search the cache, "
                    "BNSWEEP_DATA_DIR and /usr/share/datasets, then download; --dataset idx: required)")
-    h.add_argument("--train-size", type=int, default=1000, help="training samples (the first N of the train split)")
     h.add_argument("--test-size", type=int, default=1000,
                    help="held-out samples for test_acc (the first N of the test split; up to all 10000)")
-    h.add_argument("--epochs", type=int, default=20, help="epochs; metrics are logged for epochs 0..N")
-    h.add_argument("--batch-size", type=int, default=100, help="mini-batch size")
-    h.add_argument("--lr", type=float, default=0.01, help="learning rate")
-    h.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer")
-    h.add_argument("--hidden-sizes", default="100,100,100,100,100", help="hidden layer widths")
+    x = p.add_argument_group("hyperparameters: each takes a list, and the grid runs every combination")
+    for axis in AXES:
+        x.add_argument(axis.option, default=axis.default, metavar="V" + axis.sep + "V...",
+                       help=f"{axis.help} ({axis.sep}-separated for several)")
     h.add_argument("--dtype", default="float64", choices=["float64", "float32"],
                    help="float64 is the book's precision; float32 is about twice as fast, and its final test "
                         "accuracy differs from float64's by +0.002 on average over 40 default trials, at most 0.032 "
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     code_version()
 
     if args.dry_run:
-        return _dry_run(args, uri, grid, keys, checked.store.exists, checked.until)
+        return _dry_run(args, uri, grid, keys, checked.store.exists, checked.until, checked.axes)
 
     from pipeline import cluster
 
@@ -264,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     prepared: dict = {}
     data_ready = threading.Event()
     preparer = threading.Thread(target=_prepare, args=(args, uri, base, grid, keys, prepared, stop, data_ready),
-                                daemon=True)
+                                kwargs={"axes": tuple(checked.axes)}, daemon=True)
     # Start-up imports Ray and MLflow: ~300,000 objects that live as long as the driver. The cyclic collector would
     # walk them all six times meanwhile and once more later (0.6 s of CPU, taken from the trials on a busy machine).
     # It is off until the plan is made, and then leaves them (frozen) out of its walks; what start-up left as
@@ -379,13 +380,24 @@ def _finished_keys(args: argparse.Namespace, uri: str, exists: bool) -> set[str]
 
 
 def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[str], exists: bool,
-             until=None) -> int:
+             until=None, axes: dict | None = None) -> int:
     done = _finished_keys(args, uri, exists)
     todo = [c for c, k in zip(grid, keys, strict=True) if k not in done]
+    scales = list(dict.fromkeys(c["weight_scale"] for c in grid))
+    arms = list(dict.fromkeys(c["use_batchnorm"] for c in grid))
+    seeds = list(dict.fromkeys(c["seed"] for c in grid))
+    shown = [f"weight_scale ({len(scales)}): {', '.join(scale_text(w) for w in scales)}",
+             f"use_batchnorm ({len(arms)}): {', '.join(map(str, arms))}",
+             *(f"{axis_label(k)} ({len(v)}): {(' ; ' if k == 'hidden_size_list' else ', ').join(map(value_text, v))}"
+               for k, v in (axes or {}).items()),
+             f"seed ({len(seeds)}): {', '.join(map(str, seeds[:20]))}{' ...' if len(seeds) > 20 else ''}"]
+    print(f"Axes ({' x '.join(s.split('(')[1].split(')')[0] for s in shown)} = {len(grid)} trials):")
+    for line in shown:
+        print(f"  {line}")
     print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED (or diverged) in "
           f"experiment {args.experiment!r} at {uri}, {len(todo)} would run.")
     for config in todo[:20]:
-        print(f"  {run_name(config)}")
+        print(f"  {run_name(config, tuple(axes or ()))}")
     if len(todo) > 20:
         print(f"  ... and {len(todo) - 20} more")
     if until is not None:
@@ -394,14 +406,15 @@ def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[st
     return 0
 
 
-def trial_data(args: argparse.Namespace, base: dict) -> tuple[tuple, str]:
+def trial_data(args: argparse.Namespace, base: dict, train_size: int | None = None) -> tuple[tuple, str]:
     """``((x_train, t_train, x_test, t_test), dataset sha256)`` as every task gets them: the first
-    ``train_size``/``test_size`` samples, images in the trial dtype, all contiguous."""
+    ``train_size`` (default ``base["train_size"]``; each trial uses its first ``train_size`` of them) and
+    ``test_size`` samples, images in the trial dtype, all contiguous."""
     from pipeline.data import load_dataset_with_checksum
 
     try:
         ((x_train, t_train), (x_test, t_test)), checksum = load_dataset_with_checksum(
-            args.dataset, args.data_dir, first=(base["train_size"], base["test_size"]))
+            args.dataset, args.data_dir, first=(train_size or base["train_size"], base["test_size"]))
     except ValueError as exc:  # DatasetError: found as the content is read (the sizes were checked before)
         raise dataset_usage_error(exc) from None
     dtype = np.dtype(base["dtype"])
@@ -427,11 +440,12 @@ class Plan:
     skipped_diverged: int
     orphans: int
     running_elsewhere: int
+    axes: tuple[str, ...] = ()  # the hyperparameters with several values, named in run names and cell tags
 
 
 def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out: dict,
              cancelled: threading.Event, data_ready: threading.Event | None = None,
-             loaded: tuple | None = None) -> None:
+             loaded: tuple | None = None, axes: tuple[str, ...] = ()) -> None:
     """Load the data, then plan against MLflow: skip what is FINISHED, end orphans, leave live runs alone.
 
     Runs in a thread beside Ray's start-up; the data comes first (``out["data"]``, then ``data_ready`` is set), so
@@ -440,7 +454,8 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
     goes to ``out["error"]``, never to the terminal. ``loaded``: the (data, checksum) of an earlier round.
     """
     try:
-        data, checksum = loaded if loaded is not None else trial_data(args, base)
+        train_size = max(c["train_size"] for c in grid)
+        data, checksum = loaded if loaded is not None else trial_data(args, base, train_size)
         out["data"] = data
         if data_ready is not None:
             data_ready.set()
@@ -477,7 +492,7 @@ def _prepare(args, uri: str, base: dict, grid: list[dict], keys: list[str], out:
             driver=tracking.driver_identity(), data=data,
             checksum=checksum, todo=todo, total=len(grid), skipped=len(set(keys) & finished),
             skipped_diverged=len(set(keys) & diverged),
-            orphans=len(orphans), running_elsewhere=len(set(keys) & running_elsewhere),
+            orphans=len(orphans), running_elsewhere=len(set(keys) & running_elsewhere), axes=axes,
         )
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
         out["error"] = exc
@@ -622,8 +637,8 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
 
     def claim(config: dict, key: str, gen) -> Active | None:
         """Create the trial's RUNNING run (its task is already submitted); None if another sweep has it."""
-        tags = dict(static_tags, trial_key=key, **cell_tags(config), heartbeat=f"{time.time():.0f}")
-        run_id, start_time = tracker.create_run(exp_id, run_name(config), tags)
+        tags = dict(static_tags, trial_key=key, **cell_tags(config, plan.axes), heartbeat=f"{time.time():.0f}")
+        run_id, start_time = tracker.create_run(exp_id, run_name(config, plan.axes), tags)
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
         if tracking.winner(mine, rivals_of(key), args.orphan_timeout) is not None:
             leave(gen)
@@ -697,7 +712,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             outcome.finished += 1
         else:
             outcome.failed += 1
-            outcome.failures.append(f"{run_name(state.config)}: {reason}")
+            outcome.failures.append(f"{run_name(state.config, plan.axes)}: {reason}")
             bar.set_postfix(failed=outcome.failed, refresh=False)
 
     def flush(state: Active, last: bool = False) -> None:

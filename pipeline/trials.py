@@ -7,9 +7,10 @@ JSON-able dict (see docs/design.md); the same dict is what the Ray task trains a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,8 +34,15 @@ PARAM_ORDER = (
     "optimizer",
     "hidden_size_list",
     "activation",
+    "weight_decay",
+    "dropout",
     "dtype",
 )
+#: Config fields a trial holds only when they differ from these: a trial of the default config keeps the trial key it
+#: had before they were axes, so nothing already FINISHED runs again.
+OPTIONAL_DEFAULTS = {"weight_decay": 0.0, "dropout": 0.0}
+#: weight_scale by name (the book's ch. 6): He's sqrt(2 / fan_in) or Xavier's sqrt(1 / fan_in) per layer.
+NAMED_SCALES = ("he", "xavier")
 
 
 class UsageError(ValueError):
@@ -52,22 +60,43 @@ def trial_key(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_name(config: dict) -> str:
-    """A readable MLflow run name, e.g. ``w=0.01 bn seed=3``."""
-    tags = cell_tags(config)
-    return f"{tags['cell']} {tags['arm']} seed={config['seed']}"
+def scale_text(w: float | str) -> str:
+    """A weight scale as run names and tags show it: ``0.01``, ``he``."""
+    return w if isinstance(w, str) else f"{w:.4g}"
 
 
-def cell_tags(config: dict) -> dict[str, str]:
-    """``cell`` (the compared cell, e.g. ``w=0.01``) and ``arm`` (``bn`` or ``plain``): group runs by them in
-    MLflow's UI for one line per cell and arm."""
-    return {"cell": f"w={config['weight_scale']:.4g}", "arm": "bn" if config["use_batchnorm"] else "plain"}
+def axis_label(key: str) -> str:
+    """How an axis is named in messages, tags and run names: its option without dashes (``lr``, ``hidden_sizes``)."""
+    return "hidden_sizes" if key == "hidden_size_list" else key
+
+
+def value_text(value) -> str:
+    """A config value as tags and messages show it: ``0.1``, ``100,100``, ``adam``."""
+    return ",".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) \
+        else str(value)
+
+
+def run_name(config: dict, axes: Sequence[str] = ()) -> str:
+    """A readable MLflow run name, e.g. ``w=0.01 bn seed=3``, with the values of the sweep's other ``axes``
+    (``w=0.01 bn seed=3 lr=0.1``)."""
+    tags = cell_tags(config, axes)
+    cell, _, extra = tags["cell"].partition(" ")
+    return " ".join(p for p in (cell, tags["arm"], f"seed={config['seed']}", extra) if p)
+
+
+def cell_tags(config: dict, axes: Sequence[str] = ()) -> dict[str, str]:
+    """``cell`` (the compared cell: the weight scale and the values of the sweep's other ``axes``, e.g. ``w=0.01`` or
+    ``w=0.01 lr=0.1``) and ``arm`` (``bn`` or ``plain``): group runs by them in MLflow's UI for one line per cell and
+    arm."""
+    extra = [f"{axis_label(k)}={value_text(config.get(k, OPTIONAL_DEFAULTS.get(k)))}" for k in axes]
+    return {"cell": " ".join([f"w={scale_text(config['weight_scale'])}", *extra]),
+            "arm": "bn" if config["use_batchnorm"] else "plain"}
 
 
 def params_of(config: dict) -> dict[str, str]:
     """The config as MLflow params (strings that read well in the UI and parse back exactly)."""
     out: dict[str, str] = {}
-    for name in PARAM_ORDER:
+    for name in (n for n in PARAM_ORDER if n in config):
         value = config[name]
         out[name] = repr(value) if isinstance(value, float) else str(value)
     return out
@@ -75,20 +104,28 @@ def params_of(config: dict) -> dict[str, str]:
 
 def make_grid(
     base: dict,
-    weight_scales: Sequence[float],
+    weight_scales: Sequence[float | str],
     batchnorm: Sequence[bool],
     seeds: Sequence[int],
+    axes: Mapping[str, Sequence] | None = None,
 ) -> list[dict]:
     """Every trial config of a sweep, ordered seed-major so that early results already pair both arms.
 
-    ``base`` holds the fixed hyperparameters; each trial adds ``weight_scale``, ``use_batchnorm`` and ``seed``.
+    ``base`` holds the fixed hyperparameters; ``axes`` the ones with several values (config key -> values), whose
+    product the grid runs; each trial adds ``weight_scale`` (a number, or ``he``/``xavier``), ``use_batchnorm`` and
+    ``seed``. A config lists its fields in ``PARAM_ORDER`` and leaves out those at their ``OPTIONAL_DEFAULTS``.
     """
+    axes = dict(axes or {})
+    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     trials = []
     for seed in seeds:
-        for w in weight_scales:
-            for bn in batchnorm:
-                config = dict(base, weight_scale=float(w), use_batchnorm=bool(bn), seed=int(seed))
-                trials.append({name: config[name] for name in PARAM_ORDER})
+        for combo in combos:
+            for w in weight_scales:
+                for bn in batchnorm:
+                    config = dict(base, **combo, weight_scale=w if isinstance(w, str) else float(w),
+                                  use_batchnorm=bool(bn), seed=int(seed))
+                    trials.append({name: config[name] for name in PARAM_ORDER if name in config
+                                   and not (name in OPTIONAL_DEFAULTS and config[name] == OPTIONAL_DEFAULTS[name])})
     return trials
 
 
@@ -131,15 +168,19 @@ def parse_seeds(text: str, most: int = 1_000_000) -> list[int]:
     return sorted(seeds)
 
 
-def parse_weight_scales(text: str) -> list[float]:
-    """Parse a comma list of positive weight scales (standard deviations of the initial weights)."""
-    scales: list[float] = []
+def parse_weight_scales(text: str) -> list[float | str]:
+    """Parse a comma list of positive weight scales (standard deviations of the initial weights), or the names
+    ``he`` and ``xavier`` (a std per layer from its fan-in)."""
+    scales: list[float | str] = []
     for part in _parts("--weight-scales", text, "0.1,0.01"):
+        if part.lower() in NAMED_SCALES:
+            scales.append(part.lower())
+            continue
         try:
             value = float(part)
         except ValueError:
             raise UsageError(f"--weight-scales: {part!r} is not a number",
-                             "give standard deviations like 0.1,0.01") from None
+                             "give standard deviations like 0.1,0.01, or he or xavier") from None
         if not math.isfinite(value) or value <= 0:
             raise UsageError(f"--weight-scales: {part!r} must be a positive finite number",
                              "give standard deviations above 0, like 0.1,0.01")

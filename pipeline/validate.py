@@ -8,12 +8,14 @@ and, in parentheses, the fix: one line, exit 2.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from pipeline.axes import AXES, parse_axis
 from pipeline.data import DatasetError, split_sizes
 from pipeline.rounds import DEFAULT_MAX_SEEDS, Until
 from pipeline.trials import (
@@ -26,6 +28,7 @@ from pipeline.trials import (
 )
 from tracking.uri import Store, StoreError, check_experiment_name, check_store, resolve_tracking_uri
 
+AXIS_OPTIONS = {axis.key: axis.option for axis in AXES}
 #: A grid larger than this is refused: each trial is one MLflow run (a million runs is beyond any UI or analysis).
 MAX_TRIALS = 1_000_000
 MAX_WORKERS = 4096
@@ -45,8 +48,9 @@ class Checked:
     grid: list[dict]
     uri: str
     store: Store
-    scales: list[float]
+    scales: list[float | str]
     until: Until | None = None
+    axes: dict = field(default_factory=dict)  # the hyperparameters with several values: config key -> values
 
 
 def _positive(option: str, value: float, *, high: float = math.inf) -> None:
@@ -56,13 +60,11 @@ def _positive(option: str, value: float, *, high: float = math.inf) -> None:
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    """The sizes, rates and times: positive, finite, within what a sweep can use."""
-    for name in ("epochs", "batch_size", "train_size", "test_size"):
-        value = getattr(args, name)
-        if value < 1:
-            option = "--" + name.replace("_", "-")
-            raise UsageError(f"{option} {value} is out of range", f"give {option} a whole number of at least 1")
-    _positive("--lr", args.lr)
+    """The sizes and times of the sweep itself: positive, finite, within what a sweep can use (the hyperparameters'
+    values: :mod:`pipeline.axes`)."""
+    if args.test_size < 1:
+        raise UsageError(f"--test-size {args.test_size} is out of range",
+                         "give --test-size a whole number of at least 1")
     _positive("--flush-seconds", args.flush_seconds, high=3600)
     _positive("--orphan-timeout", args.orphan_timeout)
     _positive("--connect-timeout", args.connect_timeout, high=3600)
@@ -71,22 +73,6 @@ def check_numbers(args: argparse.Namespace) -> None:
                          "give --tracking-retry seconds from 0 to 86400")
     if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
         raise UsageError(f"--workers {args.workers} is out of range", f"give --workers from 1 to {MAX_WORKERS}")
-
-
-def parse_hidden_sizes(text: str) -> list[int]:
-    """``100,100,100`` -> the hidden layers' widths, each a whole number of at least 1."""
-    parts = [p.strip() for p in text.split(",")]
-    if any(not p for p in parts):
-        raise UsageError(f"--hidden-sizes {text!r} has an empty value",
-                         "give --hidden-sizes a ,-separated list of widths, e.g. 100,100,100,100,100")
-    try:
-        widths = [int(p) for p in parts]
-    except ValueError:
-        raise UsageError(f"--hidden-sizes {text!r} is not a list of whole numbers",
-                         "give widths like 100,100,100,100,100") from None
-    if min(widths) < 1:
-        raise UsageError(f"--hidden-sizes {text!r} has a width below 1", "give every layer at least 1 unit")
-    return widths
 
 
 def trial_bytes(base: dict) -> int:
@@ -101,10 +87,13 @@ def trial_bytes(base: dict) -> int:
     return itemsize * (params * (2 + OPTIMIZER_STATE.get(base["optimizer"], 2)) + activations + data)
 
 
-def check_feasible(base: dict, workers: int | None) -> None:
-    """A trial fits in this machine's memory, and ``--workers`` of them at once."""
+def check_feasible(base: dict, workers: int | None, axes: dict | None = None) -> None:
+    """The largest trial of the grid fits in this machine's memory, and ``--workers`` of them at once."""
     total = psutil.virtual_memory().total
-    need = trial_bytes(base)
+    sized = [k for k in ("hidden_size_list", "train_size", "batch_size", "optimizer") if k in (axes or {})]
+    trials = [dict(base, **dict(zip(sized, values, strict=True)))
+              for values in itertools.product(*(axes[k] for k in sized))] if sized else [base]
+    need, base = max((trial_bytes(t), t) for t in trials) if len(trials) > 1 else (trial_bytes(base), base)
     widths = ",".join(map(str, base["hidden_size_list"]))
     if need > total:
         raise UsageError(f"a trial with hidden sizes {widths} needs about {need / GIB:,.1f} GiB; this machine has "
@@ -115,7 +104,7 @@ def check_feasible(base: dict, workers: int | None) -> None:
                          f"this machine's {total / GIB:.1f} GiB", f"give --workers {most} or fewer")
 
 
-def check_data(args: argparse.Namespace, base: dict) -> None:
+def check_data(args: argparse.Namespace, base: dict, axes: dict | None = None) -> None:
     """The data's folder exists, and its splits hold the samples asked for (read from the files' headers; the
     content is verified as it is loaded)."""
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
@@ -124,7 +113,8 @@ def check_data(args: argparse.Namespace, base: dict) -> None:
         n_train, n_test = split_sizes(args.dataset, args.data_dir)
     except DatasetError as exc:
         raise dataset_usage_error(exc) from None
-    for option, want, have, split in (("--train-size", base["train_size"], n_train, "training"),
+    train_size = max((axes or {}).get("train_size", [base.get("train_size", 0)]))
+    for option, want, have, split in (("--train-size", train_size, n_train, "training"),
                                       ("--test-size", base["test_size"], n_test, "test")):
         if want > have:
             raise UsageError(f"{option} {want} is larger than the {args.dataset} {split} split ({have} samples)",
@@ -140,35 +130,36 @@ def dataset_usage_error(exc: Exception) -> UsageError:
 def check_args(args: argparse.Namespace) -> Checked:
     """Check the whole command line; :class:`UsageError` on the first problem. Reads, never writes."""
     check_numbers(args)
-    base = {
-        "dataset": args.dataset,
-        "train_size": args.train_size,
-        "test_size": args.test_size,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": float(args.lr),
-        "optimizer": args.optimizer,
-        "hidden_size_list": parse_hidden_sizes(args.hidden_sizes),
-        "activation": "relu",
-        "dtype": args.dtype,
-    }
+    base = {"dataset": args.dataset, "test_size": args.test_size, "dtype": args.dtype}
+    axes = {}
+    for axis in AXES:  # one value: a fixed hyperparameter; several: an axis of the grid
+        values = parse_axis(axis, getattr(args, axis.key.replace("hidden_size_list", "hidden_sizes")))
+        if len(values) == 1:
+            base[axis.key] = values[0]
+        else:
+            axes[axis.key] = values
     scales = parse_weight_scales(args.weight_scales) if args.weight_scales is not None else DEFAULT_WEIGHT_SCALES
     arms = parse_batchnorm(args.batchnorm)
-    seeds = parse_seeds(args.seeds, most=MAX_TRIALS // (len(scales) * len(arms)))
-    until = check_until(args, scales, arms, seeds)
-    check_feasible(base, args.workers)
-    check_data(args, base)
+    cells = len(scales) * len(arms) * math.prod(len(v) for v in axes.values())
+    if cells > MAX_TRIALS:
+        raise UsageError(f"the grid has {cells:,} cells before seeds; at most {MAX_TRIALS:,} trials fit in one sweep",
+                         "give fewer values to --weight-scales or the hyperparameters")
+    seeds = parse_seeds(args.seeds, most=MAX_TRIALS // cells)
+    until = check_until(args, scales, arms, seeds, axes)
+    check_feasible(base, args.workers, axes)
+    check_data(args, base, axes)
     try:
         check_experiment_name(args.experiment)
         uri = resolve_tracking_uri(args.tracking_uri)
         store = check_store(uri, write=True)
     except StoreError as exc:
         raise UsageError(exc.what, exc.fix) from None
-    return Checked(base=base, grid=make_grid(base, scales, arms, seeds), uri=uri, store=store, scales=scales,
-                   until=until)
+    return Checked(base=base, grid=make_grid(base, scales, arms, seeds, axes), uri=uri, store=store, scales=scales,
+                   until=until, axes=axes)
 
 
-def check_until(args: argparse.Namespace, scales: list[float], arms: list[bool], seeds: list[int]) -> Until | None:
+def check_until(args: argparse.Namespace, scales: list, arms: list[bool], seeds: list[int],
+                axes: dict | None = None) -> Until | None:
     """``--until-width``, ``--until-decided``, ``--max-seeds``: a rule that can be met by a grid of both arms, within
     the seeds a sweep may hold; None when no rounds are asked for."""
     width, decided, max_seeds = args.until_width, args.until_decided, args.max_seeds
@@ -182,6 +173,13 @@ def check_until(args: argparse.Namespace, scales: list[float], arms: list[bool],
     if len(arms) != 2:
         raise UsageError(f"--until-{'width' if width is not None else 'decided'} compares BN with plain, and "
                          f"--batchnorm {args.batchnorm} runs one arm", "use --batchnorm both (the default)")
+    rule = f"--until-{'width' if width is not None else 'decided'}"
+    if axes:
+        raise UsageError(f"{rule} adds seeds per weight scale, and {', '.join(AXIS_OPTIONS[k] for k in axes)} "
+                         "give several values", "run the rounds for one value of each hyperparameter at a time")
+    if any(isinstance(w, str) for w in scales):
+        raise UsageError(f"{rule} compares numeric weight scales, and --weight-scales names "
+                         f"{', '.join(w for w in scales if isinstance(w, str))}", "give numbers to --weight-scales")
     max_seeds = DEFAULT_MAX_SEEDS if max_seeds is None else max_seeds
     if max_seeds < len(seeds):
         raise UsageError(f"--max-seeds {max_seeds} is fewer than the {len(seeds)} seeds of --seeds {args.seeds}",
