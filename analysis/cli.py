@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import AnalysisError
+from analysis.facets import AXIS_PARAMS, axes_of, by_facet, comparison_by_facet, facet_label, facet_slug, facets
 from analysis.figures import (
     plot_curves,
     plot_difference,
@@ -23,7 +24,7 @@ from analysis.figures import (
     seeds_text,
 )
 from analysis.load import DIVERGED_POLICIES, diverged_counts, load_runs, varying_config, without_diverged
-from analysis.report import build_report, describe_data, findings
+from analysis.report import build_report, describe_data, facet_findings
 from analysis.stats import (
     ALPHA,
     DEFAULT_WIDTH,
@@ -141,19 +142,31 @@ LOG_BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch
 
 
 def history_metrics(history: pd.DataFrame, timestamp_ms: int) -> list:
-    """The rows of :func:`analysis.stats.interval_history` as MLflow metrics ``<metric>/W<scale>/<column>`` with
+    """The rows of :func:`analysis.stats.interval_history` as MLflow metrics ``<metric>/W<scale>/<column>`` (with
+    axes ``<metric>/<facet>/W<scale>/<column>``) with
     step = number of seeds, so MLflow's charts show each cell's intervals narrowing as seeds were added."""
     from mlflow.entities import Metric
 
     labels = scale_labels(history["weight_scale"].unique()) if len(history) else {}
+    axes = [a for a in AXIS_PARAMS if a in history]
     out = []
     for row in history.itertuples(index=False):
-        prefix = f"{row.metric}/W{labels[row.weight_scale]}"
+        facet = facet_slug({a: getattr(row, a) for a in axes})
+        prefix = f"{row.metric}/{facet + '/' if facet else ''}W{labels[row.weight_scale]}"
         for col in HISTORY_COLUMNS:
             value = float(getattr(row, col))
             if value == value:  # the t interval has no value at n = 1
                 out.append(Metric(f"{prefix}/{col}", value, timestamp_ms, int(row.n)))
     return out
+
+
+def _diverged_per_cell(counted: pd.DataFrame, axes: list[str]) -> dict[tuple, int]:
+    """Diverged trials per (*axis values, weight_scale, use_batchnorm), from the frame that counts them."""
+    if "diverged" not in counted or not counted["diverged"].any():
+        return {}
+    rows = counted[counted["diverged"]]
+    grouped = rows.groupby([*axes, "weight_scale", "use_batchnorm"], sort=True)["run_id"].nunique()
+    return {key if isinstance(key, tuple) else (key,): int(n) for key, n in grouped.items()}
 
 
 def log_analysis_run(uri: str, experiment_id: str, files: list[Path], params: dict[str, str],
@@ -231,13 +244,20 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         _say(note)
 
-    summary = arm_summary(df)
-    comparison = paired_comparison(df, width=args.width, alpha=args.alpha)
+    axes = axes_of(df)
+    if axes:
+        _say(f"axes beside the weight scale: {', '.join(f'{a} ({df[a].nunique()} values)' for a in axes)}; each "
+             "combination is analysed apart, the tests' families span them all")
+    summary = by_facet(df, axes, arm_summary)
+    comparison = comparison_by_facet(df, axes, paired_comparison, width=args.width, alpha=args.alpha)
     diverged = diverged_counts(df)
+    per_cell = _diverged_per_cell(counted, axes)
     for bn, column in ((True, "bn_diverged"), (False, "plain_diverged")):
-        comparison[column] = [diverged.get((w, bn), 0) for w in comparison["weight_scale"]]
-    other_comparison = paired_comparison(other, width=args.width, alpha=args.alpha) if diverged else None
-    final = final_summary(df, width=args.width)
+        comparison[column] = [per_cell.get((*(r[a] for a in axes), r["weight_scale"], bn), 0)
+                              for _, r in comparison.iterrows()]
+    other_comparison = (comparison_by_facet(other, axes, paired_comparison, width=args.width, alpha=args.alpha)
+                        if diverged else None)
+    final = by_facet(df, axes, lambda part: final_summary(part, width=args.width))
     curves_scale = nearest_scale(scales, args.scale)
     if abs(curves_scale / args.scale - 1) > 1e-9:
         _say(f"--scale {args.scale:g} not present; curves.png uses the nearest present scale "
@@ -245,32 +265,42 @@ def run(args: argparse.Namespace) -> int:
 
     out = _out_folder(args)
     out.mkdir(parents=True, exist_ok=True)
-    context = describe_data(df)
     written: list[Path] = []
-    figs = {
-        "grid": plot_grid(summary, args.metric, context=context, diverged=diverged,
-                          counted=args.diverged == "count"),
-        "curves": plot_curves(summary, curves_scale, context=context),
-        "final_accuracy": plot_final_accuracy(final, context=context),
-        "difference": plot_difference(comparison, context=context, alpha=args.alpha),
-    }
-    for name, fig in figs.items():
-        written += save_figure(fig, out, name)
-    history = interval_history(df, alpha=args.alpha)
+    figures: dict[str, str] = {}
+    for facet, part in facets(df, axes):
+        context = ", ".join(p for p in (describe_data(part), facet_label(facet)) if p)
+        part_summary, part_final = (frame.merge(pd.DataFrame([facet]), on=axes) if axes else frame
+                                    for frame in (summary, final))
+        part_comparison = comparison.merge(pd.DataFrame([facet]), on=axes) if axes else comparison
+        part_diverged = {(w, bn): n for (*values, w, bn), n in per_cell.items()
+                         if tuple(values) == tuple(facet.values())}
+        figs = {
+            "grid": plot_grid(part_summary, args.metric, context=context, diverged=part_diverged,
+                              counted=args.diverged == "count"),
+            "curves": plot_curves(part_summary, curves_scale, context=context),
+            "final_accuracy": plot_final_accuracy(part_final, context=context),
+            "difference": plot_difference(part_comparison, context=context, alpha=args.alpha),
+        }
+        for name, fig in figs.items():
+            stem = f"{name}_{facet_slug(facet)}" if facet else name
+            written += save_figure(fig, out, stem)
+            figures[f"{name}|{facet_label(facet)}" if facet else name] = f"{stem}.png"
+    cells = sum(part["weight_scale"].nunique() for _, part in facets(df, axes))
+    history = by_facet(df, axes, lambda part: interval_history(part, alpha=args.alpha, family=cells))
     summary.to_csv(out / "summary.csv", index=False)
     comparison.to_csv(out / "comparison.csv", index=False)
     history.to_csv(out / "intervals.csv", index=False)
     written += [out / "summary.csv", out / "comparison.csv", out / "intervals.csv"]
     report = build_report(experiment=args.experiment, tracking_uri=uri, df=df, comparison=comparison, final=final,
-                          figures={name: f"{name}.png" for name in figs}, curves_scale=curves_scale,
+                          figures=figures, curves_scale=curves_scale,
                           metric=args.metric, width=args.width, alpha=args.alpha, notes=notes,
-                          diverged_policy=args.diverged, other_comparison=other_comparison)
+                          diverged_policy=args.diverged, other_comparison=other_comparison, axes=axes)
     (out / "report.md").write_text(report, encoding="utf-8")
     written.append(out / "report.md")
     for path in written:
         print(f"wrote {path}")
 
-    text = findings(comparison, final, alpha=args.alpha, width=args.width)
+    text = facet_findings(comparison, final, axes, alpha=args.alpha, width=args.width)
     if diverged:
         where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g} in {n}"
                           for (w, bn), n in sorted(diverged.items(), key=lambda i: (-i[0][0], not i[0][1])))

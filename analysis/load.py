@@ -18,6 +18,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from analysis.errors import AnalysisError
+from analysis.facets import AXIS_PARAMS
 from analysis.histories import HistoryFetcher, is_server
 from analysis.store import check_tracking_uri, resolve_tracking_uri
 
@@ -40,7 +41,10 @@ PARAM_TYPES = {
     "weight_scale": "float", "use_batchnorm": "bool", "seed": "int",
     "epochs": "int", "batch_size": "int", "lr": "float", "train_size": "int", "test_size": "int",
     "optimizer": "str", "dataset": "str", "hidden_size_list": "str", "activation": "str", "dtype": "str",
+    "weight_decay": "float", "dropout": "float",
 }
+#: Params a trial holds only when they differ from these (the sweep leaves them out at their defaults).
+OPTIONAL_PARAMS = {"weight_decay": 0.0, "dropout": 0.0}
 REQUIRED_PARAMS = ("weight_scale", "use_batchnorm", "seed")
 LEADING_COLUMNS = ("run_id", "trial_key", "weight_scale", "use_batchnorm", "seed", "epoch")
 RUN_COLUMNS = ("run_name", "start_time", "sweep_id", "code_version")
@@ -126,6 +130,9 @@ def load_runs(
     finished["diverged"] = False
     failed = _tidy(diverged_runs, hist[hist["run_id"].isin(set(diverged_runs["run_id"]))], list(metrics), [])
     df = _with_diverged(finished, _fill_diverged(failed, list(metrics))) if diverged == "count" else finished
+    for col, default in OPTIONAL_PARAMS.items():
+        if col in df:
+            df[col] = df[col].fillna(default)
     t4 = time.perf_counter()
     df.attrs.update({
         "experiment": experiment,
@@ -393,12 +400,13 @@ def _tidy(runs: pd.DataFrame, hist: pd.DataFrame, metrics: list[str], skipped: l
 
 
 def varying_config(df: pd.DataFrame) -> dict[str, list]:
-    """Params other than weight_scale/use_batchnorm/seed that take more than one value.
+    """Params other than weight_scale/use_batchnorm/seed and the axes of :mod:`analysis.facets` that take more
+    than one value.
 
-    A sweep's arms should differ only in those three; anything else varying means the runs pooled
-    per (weight_scale, use_batchnorm) are not replicates of one config.
+    A sweep's cells differ only in those; anything else varying (the data set, test_size, dtype) means the runs
+    pooled per cell are not replicates of one config.
     """
-    fixed = {*LEADING_COLUMNS, *RUN_COLUMNS, *METRICS}
+    fixed = {*LEADING_COLUMNS, *RUN_COLUMNS, *METRICS, *AXIS_PARAMS, "diverged"}
     columns = df.attrs.get("param_columns") or [c for c in df.columns if c not in fixed]
     out = {}
     for col in columns:

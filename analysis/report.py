@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from analysis.facets import axis_name, facet_label
 from analysis.figures import metric_label, scale_labels, seeds_text
 from tracking.uri import display_store
 
@@ -223,6 +224,23 @@ def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: 
             + "; ".join(parts) + "; at the other scales they do not exclude 0 yet.")
 
 
+def facet_findings(comparison: pd.DataFrame, final: pd.DataFrame, axes: Sequence[str], *, alpha: float,
+                   width: float) -> str:
+    """:func:`findings`, one paragraph per combination of the ``axes`` (named in bold) when there are any."""
+    if not axes:
+        return findings(comparison, final, alpha=alpha, width=width)
+    out = []
+    for values, cm in comparison.groupby(list(axes), sort=True):
+        facet = dict(zip(axes, values if isinstance(values, tuple) else (values,), strict=True))
+        fm = final.merge(pd.DataFrame([facet]), on=list(axes))
+        out.append(f"**{facet_label(facet)}**: " + findings(cm.reset_index(drop=True), fm, alpha=alpha, width=width))
+    return "\n\n".join(out)
+
+
+def _axis_columns(axes: Sequence[str]) -> list[tuple[str, Callable[[pd.Series], str]]]:
+    return [(axis_name(a), lambda r, a=a: facet_label({a: r[a]}).split("=", 1)[1]) for a in axes]
+
+
 def markdown_table(frame: pd.DataFrame, columns: Sequence[tuple[str, Callable[[pd.Series], str]]]) -> str:
     """A pipe table: ``columns`` is a list of (header, row -> cell text)."""
     lines = ["| " + " | ".join(h for h, _ in columns) + " |",
@@ -239,8 +257,10 @@ def _difference_cell(r: pd.Series) -> str:
     return f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
 
 
-def _comparison_table(cm: pd.DataFrame, labels: dict[float, str]) -> str:
-    return markdown_table(cm.sort_values("weight_scale", ascending=False), [
+def _comparison_table(cm: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = ()) -> str:
+    order = cm.sort_values([*axes, "weight_scale"], ascending=[*([True] * len(axes)), False])
+    return markdown_table(order, [
+        *_axis_columns(axes),
         ("W", lambda r: labels[r["weight_scale"]]),
         ("pairs", lambda r: int(r["n_pairs"])),
         ("BN mean \u00b1 sd (n)", lambda r: f"{_fmt(r['mean_bn'])} \u00b1 {_fmt(r['sd_bn'])} ({int(r['n_bn'])})"),
@@ -258,11 +278,13 @@ def _comparison_table(cm: pd.DataFrame, labels: dict[float, str]) -> str:
     ])
 
 
-def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str]) -> str:
+def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = ()) -> str:
     order = comparison.assign(_m=comparison["metric"] != "test_acc")
-    order = order.sort_values(["_m", "metric", "weight_scale"], ascending=[True, True, False])
+    order = order.sort_values(["_m", "metric", *axes, "weight_scale"],
+                              ascending=[True, True, *([True] * len(axes)), False])
     return markdown_table(order, [
         ("metric", lambda r: metric_label(r["metric"])),
+        *_axis_columns(axes),
         ("W", lambda r: labels[r["weight_scale"]]),
         ("n now BN / plain / pairs", lambda r: f"{int(r['n_bn'])} / {int(r['n_plain'])} / {int(r['n_pairs'])}"),
         ("sd BN", lambda r: _fmt(r["sd_bn"], 4)),
@@ -275,9 +297,9 @@ def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str]) -> str:
 
 
 def _policy_section(comparison: pd.DataFrame, other: pd.DataFrame, policy: str,
-                    labels: dict[float, str]) -> list[str]:
+                    labels: dict[float, str], axes: Sequence[str] = ()) -> list[str]:
     """Cells whose comparison changes with the diverged policy: both versions side by side."""
-    keys = ["weight_scale", "metric"]
+    keys = [*axes, "weight_scale", "metric"]
     both = comparison.merge(other, on=keys, suffixes=("", "_other"))
     shown = ["n_pairs", "mean_diff", "ci_low", "ci_high", "cs_low", "cs_high", "significant"]
     differ = np.zeros(len(both), dtype=bool)
@@ -297,10 +319,11 @@ def _policy_section(comparison: pd.DataFrame, other: pd.DataFrame, policy: str,
         return (f"{pairs} pairs: {_fmt(diff)} [{_fmt(r[f'ci_low{suffix}'])}, {_fmt(r[f'ci_high{suffix}'])}], CS "
                 f"[{_fmt(r[f'cs_low{suffix}'])}, {_fmt(r[f'cs_high{suffix}'])}]{sig}")
 
-    order = changed.assign(_m=changed["metric"] != "test_acc").sort_values(["_m", "weight_scale"],
-                                                                           ascending=[True, False])
+    order = changed.assign(_m=changed["metric"] != "test_acc").sort_values(
+        ["_m", *axes, "weight_scale"], ascending=[True, *([True] * len(axes)), False])
     table = markdown_table(order, [
         ("metric", lambda r: metric_label(r["metric"])),
+        *_axis_columns(axes),
         ("W", lambda r: labels[r["weight_scale"]]),
         (f"{names[policy]} (this report)", lambda r: side(r, "")),
         (f"{names[other_policy]} (--diverged {other_policy})", lambda r: side(r, "_other")),
@@ -325,10 +348,12 @@ def build_report(
     notes: Sequence[str] = (),
     diverged_policy: str = "count",
     other_comparison: pd.DataFrame | None = None,
+    axes: Sequence[str] = (),
 ) -> str:
-    """The whole report.md text. ``figures`` maps name (grid, curves, final_accuracy, difference) to a
-    path relative to the report. ``other_comparison`` is the comparison under the other diverged policy: the
-    cells where it differs get a section of their own."""
+    """The whole report.md text. ``figures`` maps name (grid, curves, final_accuracy, difference; with ``axes``
+    ``grid|<facet label>``) to a path relative to the report. ``other_comparison`` is the comparison under the
+    other diverged policy: the cells where it differs get a section of their own. ``axes``: the hyperparameters
+    with several values (:mod:`analysis.facets`), a column each in the tables."""
     scales = sorted(df["weight_scale"].unique())
     labels = scale_labels(scales)
     n_runs = df["run_id"].nunique()
@@ -344,11 +369,16 @@ def build_report(
     out += ["", "What every trial shares:", ""]
     out += [f"- {line}" for line in describe_setup(df)]
     out.append("")
+    if axes:
+        named = "; ".join(f"{axis_name(a)}: " + ", ".join(facet_label({a: v}).split("=", 1)[1]
+                                                           for v in sorted(df[a].unique())) for a in axes)
+        out += [f"Axes beside the weight scale, each combination analysed apart ({named}); the Holm correction and "
+                "the confidence sequences' Bonferroni split span every compared cell of a metric.", ""]
     for note in notes:
         out.append(f"- {note}")
     if notes:
         out.append("")
-    out += ["## Findings", "", findings(comparison, final, alpha=alpha, width=width), ""]
+    out += ["## Findings", "", facet_findings(comparison, final, axes, alpha=alpha, width=width), ""]
     out += ["## Figures", ""]
     titles = {
         "grid": f"{metric_label(metric).capitalize()} per weight scale (the book's Figure 6-19, mean \u00b1 1 std "
@@ -359,18 +389,20 @@ def build_report(
                       "significant after Holm; wide bar: anytime-valid 95% confidence sequence)",
     }
     for name, path in figures.items():
-        out += [f"### {titles.get(name, name)}", "", f"![{name}]({path})", ""]
+        kind, _, facet = name.partition("|")  # "grid", or "grid|lr=0.1, optimizer=adam" for one facet's
+        title = titles.get(kind, kind) + (f" \u2014 {facet}" if facet else "")
+        out += [f"### {title}", "", f"![{kind}]({path})", ""]
     out += ["## Paired comparison at the final epoch", ""]
     for m in ("test_acc", "train_acc"):
         cm = comparison[comparison["metric"] == m]
         if not cm.empty:
-            out += [f"### {metric_label(m).capitalize()}", "", _comparison_table(cm, labels), ""]
+            out += [f"### {metric_label(m).capitalize()}", "", _comparison_table(cm, labels, axes), ""]
     if other_comparison is not None:
-        out += _policy_section(comparison, other_comparison, diverged_policy, labels)
+        out += _policy_section(comparison, other_comparison, diverged_policy, labels, axes)
     out += [f"## Seeds needed for a 95% interval narrower than {width:g}", "",
             "The smallest n with 2 \u00b7 t(0.975, n\u22121) \u00b7 sd / \u221an \u2264 "
             f"{width:g}, from the sd observed now (\u2013 where fewer than 2 values).", "",
-            _seeds_table(comparison, labels), ""]
+            _seeds_table(comparison, labels, axes), ""]
     out += ["## Method", "",
             "- One trial = one (weight scale, BN or plain, seed); the BN and plain runs of a seed start from the "
             "same weights and see the same mini-batches, so they are compared as pairs.",
@@ -378,7 +410,8 @@ def build_report(
             "mean; with one value there is none (marked n=1), never a zero-width band.",
             "- Paired comparison at each run's final epoch: seeds present in only one arm or NaN in either "
             "are dropped from the pairing and listed in the note. Paired t-test and Wilcoxon signed-rank "
-            "test (scipy), each Holm-corrected across the weight scales of one metric; \"significant\" "
+            "test (scipy), each Holm-corrected across the compared cells of one metric (its weight scales, "
+            "in every combination of the axes); \"significant\" "
             f"means Holm-corrected t-test p < {alpha:g}. If every difference is exactly 0 both p-values "
             "are set to 1; if every difference is the same non-zero value (no spread: all seeds equal) there is "
             "no t interval and no t-test.",

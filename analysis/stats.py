@@ -173,8 +173,12 @@ def paired_comparison(
     confidence: float = CONFIDENCE,
     alpha: float = ALPHA,
     width: float = DEFAULT_WIDTH,
+    family: int | None = None,
 ) -> pd.DataFrame:
     """Per (weight_scale, metric): the paired BN - plain comparison at each run's final epoch.
+
+    ``family``: the number of cells the confidence sequences of a metric are simultaneous over (default: the weight
+    scales of ``df``; :func:`analysis.facets.comparison_by_facet` passes the cells of every facet).
 
     Columns: weight_scale, metric, final_epoch, n_bn, n_plain (seeds with a value), mean_bn, sd_bn,
     mean_plain, sd_plain (over all seeds of the arm), n_pairs, mean_diff, sd_diff, ci_low, ci_high
@@ -188,7 +192,7 @@ def paired_comparison(
     """
     finals = final_values(df, metrics)
     rows = []
-    n_scales = max(finals["weight_scale"].nunique(), 1)
+    n_scales = family or max(finals["weight_scale"].nunique(), 1)
     for metric in [m for m in metrics if m in finals]:
         for w, group in finals.groupby("weight_scale", sort=True):
             row = _compare_one(group, float(w), metric, confidence, width)
@@ -308,14 +312,14 @@ def _sequence_columns(group: pd.DataFrame, metric: str, alpha: float, n_scales: 
 
 
 def interval_history(df: pd.DataFrame, metrics: Sequence[str] = COMPARED_METRICS, *,
-                     confidence: float = CONFIDENCE, alpha: float = ALPHA) -> pd.DataFrame:
+                     confidence: float = CONFIDENCE, alpha: float = ALPHA, family: int | None = None) -> pd.DataFrame:
     """How each cell's intervals narrowed as seeds were added: per (weight_scale, metric) and n = 1..cs_n (the
     first n pairs of its seed block), ``mean_diff``, the t interval ``ci_low``/``ci_high`` of those n pairs (NaN
     for n < 2, or the same non-zero difference from every seed) and the confidence sequence ``cs_low``/``cs_high``
     after n pairs (as in :func:`paired_comparison`, simultaneous over the scales). Only the CS may be read at every
     n."""
     finals = final_values(df, metrics)
-    n_scales = max(finals["weight_scale"].nunique(), 1)
+    n_scales = family or max(finals["weight_scale"].nunique(), 1)
     frames = []
     for metric in [m for m in metrics if m in finals]:
         for w, group in finals.groupby("weight_scale", sort=True):

@@ -1,0 +1,83 @@
+"""Facets: a sweep over more hyperparameters than the weight scale, analysed one combination of them at a time.
+
+An *axis* is a hyperparameter param (lr, optimizer, ...) that takes more than one value among the runs; a *facet* is
+one combination of the axes' values. The statistics of :mod:`analysis.stats` run per facet and are put together
+with a column per axis; the paired tests' families then span every compared cell of a metric (all scales of all
+facets): Holm's correction and the Bonferroni split of the confidence sequences count them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats import holm
+
+#: The trial params a sweep can vary beside weight_scale, use_batchnorm and seed (pipeline/axes.py), in its order.
+AXIS_PARAMS = ("train_size", "epochs", "batch_size", "lr", "optimizer", "hidden_size_list", "activation",
+               "weight_decay", "dropout")
+
+
+def axes_of(df: pd.DataFrame) -> list[str]:
+    """The axis params that take more than one value in ``df``, in :data:`AXIS_PARAMS` order."""
+    return [p for p in AXIS_PARAMS if p in df and df[p].nunique(dropna=False) > 1]
+
+
+def axis_name(axis: str) -> str:
+    """An axis as the sweep's option names it: ``lr``, ``hidden_sizes``."""
+    return "hidden_sizes" if axis == "hidden_size_list" else axis
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float | np.floating) else str(value)
+
+
+def facet_label(facet: dict) -> str:
+    """``lr=0.1, optimizer=adam`` (empty for the one facet of a sweep without axes)."""
+    return ", ".join(f"{axis_name(k)}={_fmt(v)}" for k, v in facet.items())
+
+
+def facet_slug(facet: dict) -> str:
+    """A file-name part: ``lr-0.1_optimizer-adam``."""
+    text = "_".join(f"{axis_name(k)}-{_fmt(v)}" for k, v in facet.items())
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
+
+
+def facets(df: pd.DataFrame, axes: list[str]) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """``(facet, its rows)`` for every combination of the axes' values present, in sorted order."""
+    if not axes:
+        yield {}, df
+        return
+    for values, part in df.groupby(axes, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        sub = part.reset_index(drop=True)
+        sub.attrs = dict(df.attrs)
+        yield dict(zip(axes, values, strict=True)), sub
+
+
+def by_facet(df: pd.DataFrame, axes: list[str], fn: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """``fn`` of every facet, put together with a leading column per axis."""
+    parts = []
+    for facet, part in facets(df, axes):
+        out = fn(part)
+        for i, (axis, value) in enumerate(facet.items()):
+            out.insert(i, axis, value)
+        parts.append(out)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def comparison_by_facet(df: pd.DataFrame, axes: list[str], compare: Callable[..., pd.DataFrame], *,
+                        alpha: float, **kwargs) -> pd.DataFrame:
+    """:func:`analysis.stats.paired_comparison` per facet, with the families of all facets together: the Holm
+    correction over every cell of a metric, and each confidence sequence at alpha / (cells of its metric)."""
+    cells = sum(part["weight_scale"].nunique() for _, part in facets(df, axes))
+    out = by_facet(df, axes, lambda part: compare(part, alpha=alpha, family=cells, **kwargs))
+    if out.empty or not axes:
+        return out
+    for idx in out.groupby("metric", sort=False).groups.values():
+        out.loc[idx, "p_ttest_holm"] = holm(out.loc[idx, "p_ttest"])
+        out.loc[idx, "p_wilcoxon_holm"] = holm(out.loc[idx, "p_wilcoxon"])
+    out["significant"] = (out["p_ttest_holm"] < alpha).astype(bool)
+    return out
