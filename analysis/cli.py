@@ -13,8 +13,22 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.facets import AXIS_PARAMS, axes_of, by_facet, comparison_by_facet, facet_label, facet_slug, facets
+from analysis.facets import (
+    AXIS_PARAMS,
+    axes_of,
+    axis_name,
+    by_facet,
+    compare_frame,
+    comparison_by_facet,
+    facet_label,
+    facet_slug,
+    facets,
+    parse_compare,
+)
 from analysis.figures import (
+    BN_PLAIN,
+    Arms,
+    compared_arms,
     plot_curves,
     plot_difference,
     plot_final_accuracy,
@@ -98,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "to learn, its accuracy from the divergence on being that of its actual predictions there "
                         "(chance, 0.1, where none was measured); 'exclude' leaves it out of the statistics (a "
                         "sensitivity check). The report gives both where they differ")
+    p.add_argument("--compare", default=None, metavar="AXIS=a,b",
+                   help="pair two values of another axis by seed instead of BN vs plain, all else equal (BN and "
+                        "plain then become an axis of their own), e.g. --compare optimizer=sgd,adam or --compare "
+                        "lr=0.01,0.1 (default: BN vs plain)")
     p.add_argument("--no-log", action="store_true",
                    help="write the files only; do not log an analysis run to MLflow (default: log it)")
     return p
@@ -160,6 +178,17 @@ def history_metrics(history: pd.DataFrame, timestamp_ms: int) -> list:
     return out
 
 
+def _as_written(comparison: pd.DataFrame, arms: Arms) -> pd.DataFrame:
+    """comparison.csv: BN vs plain as computed; for ``--compare`` the arms' columns named a and b (``mean_a``,
+    ``n_b``, ...), with ``arm_a`` and ``arm_b`` saying what they are."""
+    if arms == BN_PLAIN:
+        return comparison
+    out = comparison.rename(columns=lambda c: c.replace("_bn", "_a").replace("_plain", "_b"))
+    out.insert(0, "arm_b", arms.b)
+    out.insert(0, "arm_a", arms.a)
+    return out
+
+
 def _diverged_per_cell(counted: pd.DataFrame, axes: list[str]) -> dict[tuple, int]:
     """Diverged trials per (*axis values, weight_scale, use_batchnorm), from the frame that counts them."""
     if "diverged" not in counted or not counted["diverged"].any():
@@ -216,6 +245,8 @@ def check_args(args: argparse.Namespace) -> str:
         check_experiment_name(args.experiment)
     except StoreError as exc:
         raise AnalysisError(str(exc)) from None
+    if args.compare is not None:
+        parse_compare(args.compare)
     check_out(args.out, _out_folder(args))
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri, write=not args.no_log)
@@ -230,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
     cap_http_retries()  # before any MLflow client exists
     uri = check_args(args)
     counted = load_runs(args.experiment, uri, check_uri=False, diverged="count")
+    arms = BN_PLAIN
+    if args.compare is not None and not counted.empty:
+        axis, a, b = parse_compare(args.compare)
+        counted = compare_frame(counted, axis, a, b)
+        arms = compared_arms(axis_name(axis), a, b)
     excluded = without_diverged(counted)
     df, other = (counted, excluded) if args.diverged == "count" else (excluded, counted)
     if df.empty:
@@ -276,10 +312,10 @@ def run(args: argparse.Namespace) -> int:
                          if tuple(values) == tuple(facet.values())}
         figs = {
             "grid": plot_grid(part_summary, args.metric, context=context, diverged=part_diverged,
-                              counted=args.diverged == "count"),
-            "curves": plot_curves(part_summary, curves_scale, context=context),
-            "final_accuracy": plot_final_accuracy(part_final, context=context),
-            "difference": plot_difference(part_comparison, context=context, alpha=args.alpha),
+                              counted=args.diverged == "count", arms=arms),
+            "curves": plot_curves(part_summary, curves_scale, context=context, arms=arms),
+            "final_accuracy": plot_final_accuracy(part_final, context=context, arms=arms),
+            "difference": plot_difference(part_comparison, context=context, alpha=args.alpha, arms=arms),
         }
         for name, fig in figs.items():
             stem = f"{name}_{facet_slug(facet)}" if facet else name
@@ -288,19 +324,19 @@ def run(args: argparse.Namespace) -> int:
     cells = sum(part["weight_scale"].nunique() for _, part in facets(df, axes))
     history = by_facet(df, axes, lambda part: interval_history(part, alpha=args.alpha, family=cells))
     summary.to_csv(out / "summary.csv", index=False)
-    comparison.to_csv(out / "comparison.csv", index=False)
+    _as_written(comparison, arms).to_csv(out / "comparison.csv", index=False)
     history.to_csv(out / "intervals.csv", index=False)
     written += [out / "summary.csv", out / "comparison.csv", out / "intervals.csv"]
     report = build_report(experiment=args.experiment, tracking_uri=uri, df=df, comparison=comparison, final=final,
                           figures=figures, curves_scale=curves_scale,
                           metric=args.metric, width=args.width, alpha=args.alpha, notes=notes,
-                          diverged_policy=args.diverged, other_comparison=other_comparison, axes=axes)
+                          diverged_policy=args.diverged, other_comparison=other_comparison, axes=axes, arms=arms)
     (out / "report.md").write_text(report, encoding="utf-8")
     written.append(out / "report.md")
     for path in written:
         print(f"wrote {path}")
 
-    text = facet_findings(comparison, final, axes, alpha=args.alpha, width=args.width)
+    text = facet_findings(comparison, final, axes, alpha=args.alpha, width=args.width, arms=arms)
     if diverged:
         where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g} in {n}"
                           for (w, bn), n in sorted(diverged.items(), key=lambda i: (-i[0][0], not i[0][1])))
@@ -316,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
             .removesuffix(" seed per arm"),
             "n_duplicates": len(df.attrs.get("duplicates", [])), "grid_metric": args.metric,
             "curves_scale": repr(float(curves_scale)), "width": repr(args.width), "alpha": repr(args.alpha),
-            "diverged_policy": args.diverged,
+            "diverged_policy": args.diverged, "compare": args.compare or "batchnorm (BN vs plain)",
         }
         run_id = log_analysis_run(uri, df.attrs["experiment_id"], written, params,
                                   f"Analysis of {n_runs} trial runs.\n\n{text}", history=history)

@@ -13,10 +13,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from analysis.errors import AnalysisError
 from analysis.stats import holm
 
-#: The trial params a sweep can vary beside weight_scale, use_batchnorm and seed (pipeline/axes.py), in its order.
-AXIS_PARAMS = ("train_size", "epochs", "batch_size", "lr", "optimizer", "hidden_size_list", "activation",
+#: The params ``--compare`` can pair (every axis of a sweep but the weight scale itself).
+
+#: The trial params a sweep can vary beside weight_scale, use_batchnorm and seed (pipeline/axes.py), in its order;
+#: ``batchnorm`` is use_batchnorm become an axis when ``--compare`` pairs another one (:func:`compare_frame`).
+AXIS_PARAMS = ("batchnorm", "train_size", "epochs", "batch_size", "lr", "optimizer", "hidden_size_list", "activation",
                "weight_decay", "dropout")
 
 
@@ -80,4 +84,47 @@ def comparison_by_facet(df: pd.DataFrame, axes: list[str], compare: Callable[...
         out.loc[idx, "p_ttest_holm"] = holm(out.loc[idx, "p_ttest"])
         out.loc[idx, "p_wilcoxon_holm"] = holm(out.loc[idx, "p_wilcoxon"])
     out["significant"] = (out["p_ttest_holm"] < alpha).astype(bool)
+    return out
+
+
+def parse_compare(text: str) -> tuple[str, str, str]:
+    """``AXIS=a,b`` -> (param, a, b), checked as text (what the store holds is checked by :func:`compare_frame`)."""
+    names = {axis_name(p): p for p in AXIS_PARAMS[1:]}
+    fix = f"give --compare AXIS=a,b with AXIS one of {', '.join(names)}, e.g. --compare optimizer=sgd,adam"
+    axis, eq, values = text.partition("=")
+    parts = [v.strip() for v in values.split(",")] if eq else []
+    if axis.strip() not in names:
+        raise AnalysisError(f"--compare {text!r} names no axis ({fix})")
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise AnalysisError(f"--compare {text!r} needs two different values ({fix})")
+    return names[axis.strip()], parts[0], parts[1]
+
+
+def _matches(column: pd.Series, text: str) -> np.ndarray:
+    """Rows whose value is ``text``: numerically for a number column (``0.10`` is 0.1), else as written."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        try:
+            return np.isclose(column.to_numpy(dtype=float), float(text), rtol=1e-12, atol=0)
+        except ValueError:
+            return np.zeros(len(column), dtype=bool)
+    return (column.astype(str) == text).to_numpy()
+
+
+def compare_frame(df: pd.DataFrame, axis: str, a: str, b: str) -> pd.DataFrame:
+    """The rows of ``axis`` = a (arm a, in the ``use_batchnorm`` slot as True) and = b (False), paired by seed
+    with all else equal: the old use_batchnorm becomes the axis ``batchnorm``, and ``axis`` leaves the frame."""
+    if axis not in df:
+        raise AnalysisError(f"--compare {axis_name(axis)}: the runs have no param {axis} (compare an axis the "
+                            "sweep varied)")
+    present = ", ".join(sorted({_fmt(v) for v in df[axis].dropna().unique()}))
+    in_a, in_b = _matches(df[axis], a), _matches(df[axis], b)
+    for value, rows in ((a, in_a), (b, in_b)):
+        if not rows.any():
+            raise AnalysisError(f"--compare {axis_name(axis)}={a},{b}: no run has {axis_name(axis)}={value} "
+                                f"(the runs have {present})")
+    out = df[in_a | in_b].copy()
+    out["batchnorm"] = out["use_batchnorm"]
+    out["use_batchnorm"] = in_a[in_a | in_b]
+    out = out.drop(columns=[axis]).reset_index(drop=True)
+    out.attrs = {**df.attrs, "compare": (axis, a, b)}
     return out

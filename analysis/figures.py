@@ -2,13 +2,14 @@
 
 Every function takes the frames of :mod:`analysis.stats` and returns a :class:`matplotlib.figure.Figure`
 (built without pyplot, so no global state and no GUI backend); :func:`save_figure` writes PNG and SVG.
-BatchNorm is always blue and solid, plain always orange and dashed.
+BatchNorm (arm a of a comparison) is always blue and solid, plain (arm b) always orange and dashed.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,40 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-ARMS = {True: {"label": "BatchNorm", "color": "tab:blue", "linestyle": "-", "marker": "o"},
-        False: {"label": "plain (no BN)", "color": "tab:orange", "linestyle": "--", "marker": "s"}}
+ARMS = {True: {"color": "tab:blue", "linestyle": "-", "marker": "o"},
+        False: {"color": "tab:orange", "linestyle": "--", "marker": "s"}}
+
+
+@dataclass(frozen=True)
+class Arms:
+    """The two arms a comparison pairs by seed, as the figures and the report name them: arm a is the rows with
+    ``use_batchnorm`` True (BatchNorm, or the first value of ``--compare``), arm b the others."""
+
+    a: str = "BatchNorm"
+    b: str = "plain (no BN)"
+    short_a: str = "BN"
+    short_b: str = "plain"
+    with_a: str = "With BN"
+    with_b: str = "Without BN"
+
+    @property
+    def diff(self) -> str:
+        return f"{self.short_a} \u2212 {self.short_b}"
+
+    def label(self, in_a: bool) -> str:
+        return self.a if in_a else self.b
+
+    def short(self, in_a: bool) -> str:
+        return self.short_a if in_a else self.short_b
+
+
+BN_PLAIN = Arms()
+
+
+def compared_arms(axis: str, a: str, b: str) -> Arms:
+    """The arms of ``--compare axis=a,b``."""
+    return Arms(a=f"{axis}={a}", b=f"{axis}={b}", short_a=a, short_b=b, with_a=f"With {axis}={a}",
+                with_b=f"With {axis}={b}")
 METRIC_LABELS = {"train_acc": "train accuracy", "test_acc": "test accuracy", "train_loss": "train loss"}
 BAND_ALPHA = 0.22
 
@@ -61,8 +94,8 @@ def _final_counts(summary: pd.DataFrame, metric: str) -> pd.Series:
     return s[s["epoch"] == last].set_index(["weight_scale", "use_batchnorm"])["n"]
 
 
-def _draw_arm(ax, arm: pd.DataFrame, bn: bool, *, band: bool = True) -> None:
-    style = ARMS[bn]
+def _draw_arm(ax, arm: pd.DataFrame, bn: bool, *, band: bool = True, arms: Arms = BN_PLAIN) -> None:
+    style = {**ARMS[bn], "label": arms.label(bn)}
     x = arm["epoch"].to_numpy()
     mean = arm["mean"].to_numpy(dtype=float)
     std = arm["std"].to_numpy(dtype=float)
@@ -73,20 +106,21 @@ def _draw_arm(ax, arm: pd.DataFrame, bn: bool, *, band: bool = True) -> None:
                         label=f"{style['label']} \u00b1 std", gid=f"band-{'bn' if bn else 'plain'}")
 
 
-def _legend_handles(band: bool = True) -> list:
+def _legend_handles(band: bool = True, arms: Arms = BN_PLAIN) -> list:
     handles = []
     for bn in (True, False):
-        s = ARMS[bn]
+        s = {**ARMS[bn], "label": arms.label(bn)}
         handles.append(Line2D([], [], color=s["color"], linestyle=s["linestyle"], linewidth=1.6,
                               label=f"{s['label']}: mean"))
     if band:
         handles += [Patch(color=ARMS[bn]["color"], alpha=BAND_ALPHA + 0.1,
-                          label=f"{ARMS[bn]['label']} \u00b1 1 std over seeds") for bn in (True, False)]
+                          label=f"{arms.label(bn)} \u00b1 1 std over seeds") for bn in (True, False)]
     return handles
 
 
 def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str = "",
-              diverged: dict[tuple[float, bool], int] | None = None, counted: bool = False) -> Figure:
+              diverged: dict[tuple[float, bool], int] | None = None, counted: bool = False,
+              arms: Arms = BN_PLAIN) -> Figure:
     """Figure 6-19 with uncertainty: one panel per weight scale (largest first), mean +- std per arm.
 
     ``summary`` is :func:`analysis.stats.arm_summary`. The grid is the smallest near-square one that
@@ -115,7 +149,7 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
         for bn in (True, False):
             arm = s[(s["weight_scale"] == w) & (s["use_batchnorm"] == bn)]
             if not arm.empty:
-                _draw_arm(ax, arm, bn)
+                _draw_arm(ax, arm, bn, arms=arms)
         ax.set_title(f"W={labels[w]}", fontsize=10)
         ax.set_ylim(0, 1)
         ax.set_xlim(0, max(max_epoch, 1))
@@ -125,8 +159,8 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
         d_bn, d_plain = diverged.get((w, True), 0), diverged.get((w, False), 0)
         if counts.nunique() > 1 or d_bn or d_plain:  # say n per panel only when it is not the same everywhere
             mark = "" if counted else "+"
-            text = (f"n: BN {n_bn}" + (f" ({mark}{d_bn} diverged)" if d_bn else "")
-                    + f", plain {n_plain}" + (f" ({mark}{d_plain} diverged)" if d_plain else ""))
+            text = (f"n: {arms.short_a} {n_bn}" + (f" ({mark}{d_bn} diverged)" if d_bn else "")
+                    + f", {arms.short_b} {n_plain}" + (f" ({mark}{d_plain} diverged)" if d_plain else ""))
             ax.text(0.97, 0.04, text, transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=7, color="0.25",
                     bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
@@ -136,15 +170,15 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
             ax.set_xlabel("epoch")
             ax.tick_params(labelbottom=True)
     title = (f"{metric_label(metric).capitalize()} by initial weight scale W (std of the initial weights): "
-             "BatchNorm vs plain, mean \u00b1 1 std over seeds")
+             f"{arms.a} vs {arms.b}, mean \u00b1 1 std over seeds")
     sub = ", ".join(p for p in (context, seeds_text(counts.to_numpy())) if p)
     fig.suptitle(f"{title}\n{sub}", fontsize=11)
-    fig.legend(handles=_legend_handles(), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    fig.legend(handles=_legend_handles(arms=arms), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     return fig
 
 
 def plot_curves(summary: pd.DataFrame, weight_scale: float, *, context: str = "",
-                metrics: Sequence[str] = ("train_acc", "test_acc")) -> Figure:
+                metrics: Sequence[str] = ("train_acc", "test_acc"), arms: Arms = BN_PLAIN) -> Figure:
     """BN vs plain learning curves (mean +- std) at one weight scale, one panel per metric."""
     s = summary[np.isclose(summary["weight_scale"], weight_scale, rtol=1e-12, atol=0)]
     if s.empty:
@@ -157,7 +191,7 @@ def plot_curves(summary: pd.DataFrame, weight_scale: float, *, context: str = ""
         for bn in (True, False):
             arm = sm[sm["use_batchnorm"] == bn]
             if not arm.empty:
-                _draw_arm(ax, arm, bn)
+                _draw_arm(ax, arm, bn, arms=arms)
         counts += _final_counts(sm, metric).tolist() if not sm.empty else []
         ax.set_title(metric_label(metric).capitalize())
         ax.set_xlabel("epoch")
@@ -168,9 +202,9 @@ def plot_curves(summary: pd.DataFrame, weight_scale: float, *, context: str = ""
         ax.grid(alpha=0.3, linewidth=0.5)
     label = scale_labels([weight_scale])[float(weight_scale)]
     sub = ", ".join(p for p in (context, seeds_text(counts)) if p)
-    fig.suptitle(f"Learning curves at W={label}: BatchNorm vs plain, mean \u00b1 1 std over seeds\n{sub}",
+    fig.suptitle(f"Learning curves at W={label}: {arms.a} vs {arms.b}, mean \u00b1 1 std over seeds\n{sub}",
                  fontsize=11)
-    fig.legend(handles=_legend_handles(), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    fig.legend(handles=_legend_handles(arms=arms), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     return fig
 
 
@@ -187,7 +221,7 @@ def _log_scale_axis(ax, scales: Sequence[float]) -> None:
 
 
 def plot_final_accuracy(final: pd.DataFrame, *, context: str = "",
-                        metrics: Sequence[str] = ("train_acc", "test_acc")) -> Figure:
+                        metrics: Sequence[str] = ("train_acc", "test_acc"), arms: Arms = BN_PLAIN) -> Figure:
     """Final accuracy against weight scale, BN vs plain: mean with 95% t interval of the mean.
 
     ``final`` is :func:`analysis.stats.final_summary`. Arms with n = 1 get a point without a bar.
@@ -202,7 +236,7 @@ def plot_final_accuracy(final: pd.DataFrame, *, context: str = "",
             arm = fm[fm["use_batchnorm"] == bn]
             if arm.empty:
                 continue
-            st = ARMS[bn]
+            st = {**ARMS[bn], "label": arms.label(bn)}
             mean = arm["mean"].to_numpy(dtype=float)
             yerr = _errorbar_arrays(mean, arm["ci_low"].to_numpy(dtype=float),
                                     arm["ci_high"].to_numpy(dtype=float))
@@ -224,7 +258,7 @@ def plot_final_accuracy(final: pd.DataFrame, *, context: str = "",
     fig.suptitle("Final accuracy vs initial weight scale: mean with 95% confidence interval of the mean"
                  f"\n{sub}", fontsize=11)
     handles = [Line2D([], [], color=ARMS[bn]["color"], linestyle=ARMS[bn]["linestyle"],
-                      marker=ARMS[bn]["marker"], label=ARMS[bn]["label"]) for bn in (True, False)]
+                      marker=ARMS[bn]["marker"], label=arms.label(bn)) for bn in (True, False)]
     bar_label = "bar: 95% t interval of the mean" + (" (none where n = 1)" if no_bar else "")
     handles.append(Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label=bar_label))
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
@@ -232,7 +266,7 @@ def plot_final_accuracy(final: pd.DataFrame, *, context: str = "",
 
 
 def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float = 0.05,
-                    metrics: Sequence[str] = ("train_acc", "test_acc")) -> Figure:
+                    metrics: Sequence[str] = ("train_acc", "test_acc"), arms: Arms = BN_PLAIN) -> Figure:
     """Paired BN - plain difference at the final epoch per weight scale, with its 95% t interval (thin bar) and,
     where ``comparison`` has them, its anytime-valid confidence sequence (wide light bar, cs_low to cs_high).
 
@@ -286,7 +320,7 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
         for xi, ti in zip(x[sig], top[sig], strict=True):
             ax.annotate("*", (xi, ti), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=13,
                         color=color)
-        ax.set_title(f"BN \u2212 plain, {metric_label(metric)} at the final epoch")
+        ax.set_title(f"{arms.diff}, {metric_label(metric)} at the final epoch")
         ax.set_ylabel(f"paired difference in {metric_label(metric)}")
         _log_scale_axis(ax, comparison["weight_scale"].tolist())
         shown += [y[np.isfinite(y)], lo[np.isfinite(lo)], hi[np.isfinite(hi)], cs_lo[has_cs], cs_hi[has_cs]]
@@ -299,7 +333,7 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     sub = ", ".join(p for p in (context, n_text) if p)
     what = "mean with 95% t interval" + (" (thin bar) and anytime-valid 95% confidence sequence (wide bar)"
                                          if any_cs else "")
-    fig.suptitle("Paired difference BatchNorm \u2212 plain (same seed = same initial weights and batches)\n"
+    fig.suptitle(f"Paired difference {arms.a} \u2212 {arms.b} (same seed = same initial weights and batches)\n"
                  f"{what}\n{sub}", fontsize=11)
     handles = [
         Line2D([], [], color=color, marker="o", linestyle="none",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.facets import axis_name, facet_label
-from analysis.figures import metric_label, scale_labels, seeds_text
+from analysis.figures import BN_PLAIN, Arms, metric_label, scale_labels, seeds_text
 from tracking.uri import display_store
 
 #: Final train accuracy below this counts as "failed to learn" (chance is 0.10 for 10 classes).
@@ -108,7 +108,8 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}"
 
 
-def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, width: float) -> str:
+def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, width: float,
+             arms: Arms = BN_PLAIN) -> str:
     """One paragraph stating what the numbers say (significance, largest difference, failures, seeds)."""
     scales = sorted(comparison["weight_scale"].unique())
     labels = scale_labels(scales)
@@ -132,13 +133,13 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
         if len(worse):
             lower.append(f"{len(worse)} for {metric_label(metric)} ({describe_scales(worse, scales)})")
     if higher:
-        text = ("BatchNorm's final accuracy was significantly higher than plain's (paired t-test, "
+        text = (f"{arms.a}'s final accuracy was significantly higher than {arms.b}'s (paired t-test, "
                 f"Holm-corrected across scales, p < {alpha:g}) at " + " and at ".join(higher))
         if lower:
             text += "; it was significantly lower at " + " and at ".join(lower)
         sentences.append(text + ".")
 
-    anytime = _anytime_sentence(comparison, scales, alpha)
+    anytime = _anytime_sentence(comparison, scales, alpha, arms)
     if anytime:
         sentences.append(anytime)
 
@@ -151,7 +152,7 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
             ci = ""
         else:
             ci = f" (95% CI {_signed(top['ci_low'])} to {_signed(top['ci_high'])})"
-        sentences.append(f"The largest mean difference, BN \u2212 plain, was {_signed(top['mean_diff'])}{ci} "
+        sentences.append(f"The largest mean difference, {arms.diff}, was {_signed(top['mean_diff'])}{ci} "
                          f"in {metric_label(top['metric'])} at W={labels[top['weight_scale']]}.")
 
     ft = final[final["metric"] == "train_acc"]
@@ -162,19 +163,19 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
                   for bn in (False, True)}
         crit = f"mean final train accuracy below {FAIL_THRESHOLD:.2f}; chance is 0.10"
         if len(failed[False]):
-            sentences.append(f"Without BN the network failed to learn ({crit}) at "
+            sentences.append(f"{arms.with_b} the network failed to learn ({crit}) at "
                              f"{describe_scales(failed[False], scales)}.")
         else:
-            sentences.append(f"Without BN the network learned at every scale (mean final train accuracy at "
+            sentences.append(f"{arms.with_b} the network learned at every scale (mean final train accuracy at "
                              f"least {FAIL_THRESHOLD:.2f} everywhere).")
         if len(failed[True]):
-            sentences.append(f"With BN it failed to learn at {describe_scales(failed[True], scales)}.")
+            sentences.append(f"{arms.with_a} it failed to learn at {describe_scales(failed[True], scales)}.")
         else:
-            sentences.append("With BN it learned at every scale.")
+            sentences.append(f"{arms.with_a} it learned at every scale.")
         for bn in (False, True):
             where = few_runs[few_runs["use_batchnorm"] == bn]["weight_scale"]
             if len(where):
-                sentences.append(f"{'With' if bn else 'Without'} BN too few runs finished at "
+                sentences.append(f"{arms.with_a if bn else arms.with_b} too few runs finished at "
                                  f"{describe_scales(where, scales)} (fewer than {MIN_RUNS_TO_SAY}) to say whether "
                                  "it learned there.")
 
@@ -201,7 +202,7 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
     return " ".join(sentences)
 
 
-def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: float) -> str:
+def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: float, arms: Arms) -> str:
     """What the confidence sequences decide, per metric (empty when the frame has none)."""
     if "cs_low" not in comparison:
         return ""
@@ -212,7 +213,7 @@ def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: 
             continue
         up = cm[cm["cs_low"] > 0]["weight_scale"]
         down = cm[cm["cs_high"] < 0]["weight_scale"]
-        text = f"in {metric_label(metric)} BatchNorm is higher at {len(up)} of {len(cm)} scales"
+        text = f"in {metric_label(metric)} {arms.a} is higher at {len(up)} of {len(cm)} scales"
         text += f" ({describe_scales(up, scales)})" if len(up) and len(up) < len(cm) else ""
         if len(down):
             text += f" and lower at {len(down)} ({describe_scales(down, scales)})"
@@ -225,15 +226,16 @@ def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: 
 
 
 def facet_findings(comparison: pd.DataFrame, final: pd.DataFrame, axes: Sequence[str], *, alpha: float,
-                   width: float) -> str:
+                   width: float, arms: Arms = BN_PLAIN) -> str:
     """:func:`findings`, one paragraph per combination of the ``axes`` (named in bold) when there are any."""
     if not axes:
-        return findings(comparison, final, alpha=alpha, width=width)
+        return findings(comparison, final, alpha=alpha, width=width, arms=arms)
     out = []
     for values, cm in comparison.groupby(list(axes), sort=True):
         facet = dict(zip(axes, values if isinstance(values, tuple) else (values,), strict=True))
         fm = final.merge(pd.DataFrame([facet]), on=list(axes))
-        out.append(f"**{facet_label(facet)}**: " + findings(cm.reset_index(drop=True), fm, alpha=alpha, width=width))
+        out.append(f"**{facet_label(facet)}**: "
+                   + findings(cm.reset_index(drop=True), fm, alpha=alpha, width=width, arms=arms))
     return "\n\n".join(out)
 
 
@@ -257,16 +259,18 @@ def _difference_cell(r: pd.Series) -> str:
     return f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
 
 
-def _comparison_table(cm: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = ()) -> str:
+def _comparison_table(cm: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = (),
+                      arms: Arms = BN_PLAIN) -> str:
     order = cm.sort_values([*axes, "weight_scale"], ascending=[*([True] * len(axes)), False])
     return markdown_table(order, [
         *_axis_columns(axes),
         ("W", lambda r: labels[r["weight_scale"]]),
         ("pairs", lambda r: int(r["n_pairs"])),
-        ("BN mean \u00b1 sd (n)", lambda r: f"{_fmt(r['mean_bn'])} \u00b1 {_fmt(r['sd_bn'])} ({int(r['n_bn'])})"),
-        ("plain mean \u00b1 sd (n)",
+        (f"{arms.short_a} mean \u00b1 sd (n)",
+         lambda r: f"{_fmt(r['mean_bn'])} \u00b1 {_fmt(r['sd_bn'])} ({int(r['n_bn'])})"),
+        (f"{arms.short_b} mean \u00b1 sd (n)",
          lambda r: f"{_fmt(r['mean_plain'])} \u00b1 {_fmt(r['sd_plain'])} ({int(r['n_plain'])})"),
-        ("BN \u2212 plain [95% CI]", _difference_cell),
+        (f"{arms.diff} [95% CI]", _difference_cell),
         ("anytime 95% CS (seeds)", lambda r: f"[{_fmt(r['cs_low'])}, {_fmt(r['cs_high'])}] ({int(r['cs_n'])})"),
         ("p anytime", lambda r: _fmt_p(r["p_anytime"])),
         ("p t-test", lambda r: _fmt_p(r["p_ttest"])),
@@ -278,7 +282,8 @@ def _comparison_table(cm: pd.DataFrame, labels: dict[float, str], axes: Sequence
     ])
 
 
-def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = ()) -> str:
+def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = (),
+                 arms: Arms = BN_PLAIN) -> str:
     order = comparison.assign(_m=comparison["metric"] != "test_acc")
     order = order.sort_values(["_m", "metric", *axes, "weight_scale"],
                               ascending=[True, True, *([True] * len(axes)), False])
@@ -286,18 +291,19 @@ def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str], axes: Seque
         ("metric", lambda r: metric_label(r["metric"])),
         *_axis_columns(axes),
         ("W", lambda r: labels[r["weight_scale"]]),
-        ("n now BN / plain / pairs", lambda r: f"{int(r['n_bn'])} / {int(r['n_plain'])} / {int(r['n_pairs'])}"),
-        ("sd BN", lambda r: _fmt(r["sd_bn"], 4)),
-        ("sd plain", lambda r: _fmt(r["sd_plain"], 4)),
+        (f"n now {arms.short_a} / {arms.short_b} / pairs",
+         lambda r: f"{int(r['n_bn'])} / {int(r['n_plain'])} / {int(r['n_pairs'])}"),
+        (f"sd {arms.short_a}", lambda r: _fmt(r["sd_bn"], 4)),
+        (f"sd {arms.short_b}", lambda r: _fmt(r["sd_plain"], 4)),
         ("sd diff", lambda r: _fmt(r["sd_diff"], 4)),
-        ("seeds for BN", lambda r: _fmt_n(r["seeds_needed_bn"])),
-        ("seeds for plain", lambda r: _fmt_n(r["seeds_needed_plain"])),
+        (f"seeds for {arms.short_a}", lambda r: _fmt_n(r["seeds_needed_bn"])),
+        (f"seeds for {arms.short_b}", lambda r: _fmt_n(r["seeds_needed_plain"])),
         ("seeds for the difference", lambda r: _fmt_n(r["seeds_needed_diff"])),
     ])
 
 
 def _policy_section(comparison: pd.DataFrame, other: pd.DataFrame, policy: str,
-                    labels: dict[float, str], axes: Sequence[str] = ()) -> list[str]:
+                    labels: dict[float, str], axes: Sequence[str] = (), arms: Arms = BN_PLAIN) -> list[str]:
     """Cells whose comparison changes with the diverged policy: both versions side by side."""
     keys = [*axes, "weight_scale", "metric"]
     both = comparison.merge(other, on=keys, suffixes=("", "_other"))
@@ -329,7 +335,7 @@ def _policy_section(comparison: pd.DataFrame, other: pd.DataFrame, policy: str,
         (f"{names[other_policy]} (--diverged {other_policy})", lambda r: side(r, "_other")),
     ])
     return ["## Diverged trials: counted or left out", "",
-            f"The cells that read differently with --diverged {other_policy} (BN \u2212 plain: mean [95% t "
+            f"The cells that read differently with --diverged {other_policy} ({arms.diff}: mean [95% t "
             "interval], anytime-valid CS).", "", table, ""]
 
 
@@ -349,6 +355,7 @@ def build_report(
     diverged_policy: str = "count",
     other_comparison: pd.DataFrame | None = None,
     axes: Sequence[str] = (),
+    arms: Arms = BN_PLAIN,
 ) -> str:
     """The whole report.md text. ``figures`` maps name (grid, curves, final_accuracy, difference; with ``axes``
     ``grid|<facet label>``) to a path relative to the report. ``other_comparison`` is the comparison under the
@@ -365,7 +372,7 @@ def build_report(
         f"{n_runs} finished trial runs"
     out.append(f"Generated {now} from `{display_store(tracking_uri)}`, experiment `{experiment}` "
                f"(id {df.attrs.get('experiment_id', '?')}). {runs_text}: {len(scales)} weight "
-               f"scales \u00d7 2 arms (BatchNorm, plain), {seeds_text(counts)}; {describe_data(df)}.")
+               f"scales \u00d7 2 arms ({arms.a}, {arms.b}), {seeds_text(counts)}; {describe_data(df)}.")
     out += ["", "What every trial shares:", ""]
     out += [f"- {line}" for line in describe_setup(df)]
     out.append("")
@@ -378,14 +385,14 @@ def build_report(
         out.append(f"- {note}")
     if notes:
         out.append("")
-    out += ["## Findings", "", facet_findings(comparison, final, axes, alpha=alpha, width=width), ""]
+    out += ["## Findings", "", facet_findings(comparison, final, axes, alpha=alpha, width=width, arms=arms), ""]
     out += ["## Figures", ""]
     titles = {
         "grid": f"{metric_label(metric).capitalize()} per weight scale (the book's Figure 6-19, mean \u00b1 1 std "
-                "over seeds; BN solid, plain dashed)",
+                f"over seeds; {arms.short_a} solid, {arms.short_b} dashed)",
         "curves": f"Train and test accuracy at W={scale_labels([curves_scale])[curves_scale]}",
         "final_accuracy": "Final accuracy vs weight scale (mean, 95% t interval of the mean)",
-        "difference": "Paired difference BN \u2212 plain at the final epoch (thin bar: 95% t interval, * = "
+        "difference": f"Paired difference {arms.diff} at the final epoch (thin bar: 95% t interval, * = "
                       "significant after Holm; wide bar: anytime-valid 95% confidence sequence)",
     }
     for name, path in figures.items():
@@ -396,16 +403,17 @@ def build_report(
     for m in ("test_acc", "train_acc"):
         cm = comparison[comparison["metric"] == m]
         if not cm.empty:
-            out += [f"### {metric_label(m).capitalize()}", "", _comparison_table(cm, labels, axes), ""]
+            out += [f"### {metric_label(m).capitalize()}", "", _comparison_table(cm, labels, axes, arms), ""]
     if other_comparison is not None:
-        out += _policy_section(comparison, other_comparison, diverged_policy, labels, axes)
+        out += _policy_section(comparison, other_comparison, diverged_policy, labels, axes, arms)
     out += [f"## Seeds needed for a 95% interval narrower than {width:g}", "",
             "The smallest n with 2 \u00b7 t(0.975, n\u22121) \u00b7 sd / \u221an \u2264 "
             f"{width:g}, from the sd observed now (\u2013 where fewer than 2 values).", "",
-            _seeds_table(comparison, labels, axes), ""]
+            _seeds_table(comparison, labels, axes, arms), ""]
     out += ["## Method", "",
-            "- One trial = one (weight scale, BN or plain, seed); the BN and plain runs of a seed start from the "
-            "same weights and see the same mini-batches, so they are compared as pairs.",
+            f"- One trial = one (weight scale, {arms.short_a} or {arms.short_b}, seed); the {arms.short_a} and "
+            f"{arms.short_b} runs of a seed start from the same weights and see the same mini-batches, so they are "
+            "compared as pairs.",
             "- Mean \u00b1 std over seeds (sample std, ddof = 1). Intervals are two-sided 95% t intervals of the "
             "mean; with one value there is none (marked n=1), never a zero-width band.",
             "- Paired comparison at each run's final epoch: seeds present in only one arm or NaN in either "

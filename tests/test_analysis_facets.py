@@ -80,3 +80,52 @@ def test_figures_per_combination_and_a_report_that_names_the_axes(analysed):
     # the analysis run's metrics name the combination
     [run] = [r for r in client.search_runs([exp]) if r.data.tags.get("run_kind") == "analysis"]
     assert "test_acc/lr-0.1_optimizer-adam/W0.01/cs_low" in run.data.metrics
+
+
+def test_compare_pairs_two_values_of_any_axis_by_seed(analysed, tmp_path):
+    """--compare optimizer=sgd,adam: sgd - adam per seed, all else equal; BN/plain become an axis of their own."""
+    uri, _, _, _ = analysed
+    out = tmp_path / "cmp"
+    assert main(["--experiment", "facets", "--tracking-uri", uri, "--out", str(out), "--no-log",
+                 "--compare", "optimizer=sgd,adam"]) == 0
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert list(comparison.columns[:5]) == ["arm_a", "arm_b", "batchnorm", "lr", "weight_scale"]
+    assert set(comparison["arm_a"]) == {"optimizer=sgd"} and set(comparison["arm_b"]) == {"optimizer=adam"}
+    assert "mean_a" in comparison and "mean_bn" not in comparison
+    assert len(comparison) == 2 * len(LRS) * len(SCALES) * 2  # batchnorm x lr x scales x metrics
+    for _, cm in comparison.groupby("metric"):
+        np.testing.assert_allclose(cm["p_ttest_holm"], holm(cm["p_ttest"].to_numpy()), rtol=1e-12)
+
+    from analysis import load_runs
+
+    df = load_runs("facets", uri)
+    row = comparison[(comparison["batchnorm"]) & (comparison["lr"] == 0.1) & (comparison["weight_scale"] == 0.1)
+                     & (comparison["metric"] == "train_acc")].iloc[0]
+    cell = df[df["use_batchnorm"] & (df["lr"] == 0.1) & (df["weight_scale"] == 0.1)
+              & (df["epoch"] == EPOCHS)].set_index(["optimizer", "seed"])["train_acc"]
+    d = np.array([cell[("sgd", s)] - cell[("adam", s)] for s in SEEDS])
+    assert row["mean_diff"] == pytest.approx(d.mean()) and row["n_pairs"] == len(SEEDS)
+    report = (out / "report.md").read_text()
+    assert ("| batchnorm | lr | W | pairs | sgd mean \u00b1 sd (n) | adam mean \u00b1 sd (n) | sgd \u2212 adam "
+            "[95% CI]") in report
+    assert "2 arms (optimizer=sgd, optimizer=adam)" in report
+    assert "**batchnorm=True, lr=0.01**: Across 2 weight scales" in report
+    assert (out / "difference_batchnorm-True_lr-0.1.png").exists()
+
+
+@pytest.mark.parametrize(("compare", "message"), [
+    ("depth=1,2", "--compare 'depth=1,2' names no axis (give --compare AXIS=a,b with AXIS one of train_size"),
+    ("optimizer=sgd", "--compare 'optimizer=sgd' needs two different values"),
+    ("optimizer=sgd,sgd", "needs two different values"),
+    ("optimizer=sgd,rmsprop",
+     "--compare optimizer=sgd,rmsprop: no run has optimizer=rmsprop (the runs have adam, sgd)"),
+    ("dropout=0,0.5", "no run has dropout=0.5 (the runs have 0)"),
+])
+def test_a_bad_compare_is_one_line_and_writes_nothing(analysed, tmp_path, capsys, compare, message):
+    uri, client, exp, _ = analysed
+    before = len(client.search_runs([exp]))
+    assert main(["--experiment", "facets", "--tracking-uri", uri, "--out", str(tmp_path / "x"),
+                 "--compare", compare]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x").exists() and len(client.search_runs([exp])) == before
