@@ -345,10 +345,10 @@ def _typed(col: pd.Series, kind: str | None) -> pd.Series:
             parsed = present.map(_PARSERS[k])
         except (ValueError, TypeError):
             continue
+        if k == "float":  # a run without the param (one at its default) reads as NaN here
+            return pd.Series(parsed.astype("float64"), index=col.index, dtype="float64")
         full = pd.Series(pd.NA, index=col.index, dtype="object")
         full.loc[parsed.index] = parsed
-        if k == "float":
-            return full.astype("float64")
         if k == "int":
             return full.astype("int64") if len(present) == len(col) else full.astype("Int64")
         return full.astype(bool) if len(present) == len(col) else full.astype("boolean")

@@ -129,3 +129,23 @@ def test_a_bad_compare_is_one_line_and_writes_nothing(analysed, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x").exists() and len(client.search_runs([exp])) == before
+
+
+def test_a_param_the_sweep_leaves_out_at_its_default_reads_as_the_default(tmp_path):
+    """The sweep logs weight_decay only when it is not 0: runs with and without it make the axis (0, 0.1)."""
+    uri, client = make_store(tmp_path)
+    exp = create_experiment(client, "wd", tmp_path / "artifacts")
+    rng = np.random.default_rng(3)
+    for seed in range(3):
+        for bn in (True, False):
+            for wd in (0.0, 0.1):
+                cfg = trial_config(0.01, bn, seed, epochs=EPOCHS, weight_decay=wd)
+                if wd == 0.0:
+                    del cfg["weight_decay"]  # as pipeline.trials.make_grid writes a default trial
+                log_trial_run(client, exp, cfg, synthetic_history(cfg, rng))
+    from analysis import load_runs
+
+    df = load_runs("wd", uri)
+    assert sorted(df["weight_decay"].unique()) == [0.0, 0.1] and axes_of(df) == ["weight_decay"]
+    assert main(["--experiment", "wd", "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-log"]) == 0
+    assert set(pd.read_csv(tmp_path / "out" / "comparison.csv")["weight_decay"]) == {0.0, 0.1}
