@@ -301,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = _out_folder(args)
     out.mkdir(parents=True, exist_ok=True)
+    cells = sum(part["weight_scale"].nunique() for _, part in facets(df, axes))  # the families' size
     written: list[Path] = []
     figures: dict[str, str] = {}
     for facet, part in facets(df, axes):
@@ -315,13 +316,13 @@ def run(args: argparse.Namespace) -> int:
                               counted=args.diverged == "count", arms=arms),
             "curves": plot_curves(part_summary, curves_scale, context=context, arms=arms),
             "final_accuracy": plot_final_accuracy(part_final, context=context, arms=arms),
-            "difference": plot_difference(part_comparison, context=context, alpha=args.alpha, arms=arms),
+            "difference": plot_difference(part_comparison, context=context, alpha=args.alpha, arms=arms,
+                                          family=cells),
         }
         for name, fig in figs.items():
             stem = f"{name}_{facet_slug(facet)}" if facet else name
             written += save_figure(fig, out, stem)
             figures[f"{name}|{facet_label(facet)}" if facet else name] = f"{stem}.png"
-    cells = sum(part["weight_scale"].nunique() for _, part in facets(df, axes))
     history = by_facet(df, axes, lambda part: interval_history(part, alpha=args.alpha, family=cells))
     summary.to_csv(out / "summary.csv", index=False)
     _as_written(comparison, arms).to_csv(out / "comparison.csv", index=False)

@@ -137,7 +137,7 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
     k = len(scales)
     ncols = math.ceil(math.sqrt(k))
     nrows = math.ceil(k / ncols)
-    fig = Figure(figsize=(2.9 * ncols + 0.6, 2.3 * nrows + 1.4), layout="constrained")
+    fig = Figure(figsize=(max(2.9 * ncols + 0.6, 8.0), 2.3 * nrows + 1.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     counts = _final_counts(summary, metric)
     max_epoch = int(s["epoch"].max())
@@ -169,11 +169,12 @@ def plot_grid(summary: pd.DataFrame, metric: str = "train_acc", *, context: str 
         if i >= k - ncols:
             ax.set_xlabel("epoch")
             ax.tick_params(labelbottom=True)
-    title = (f"{metric_label(metric).capitalize()} by initial weight scale W (std of the initial weights): "
-             f"{arms.a} vs {arms.b}, mean \u00b1 1 std over seeds")
+    title = (f"{metric_label(metric).capitalize()} by initial weight scale W (std of the initial weights)"
+             + (": " if ncols >= 4 else "\n") + f"{arms.a} vs {arms.b}, mean \u00b1 1 std over seeds")
     sub = ", ".join(p for p in (context, seeds_text(counts.to_numpy())) if p)
     fig.suptitle(f"{title}\n{sub}", fontsize=11)
-    fig.legend(handles=_legend_handles(arms=arms), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    fig.legend(handles=_legend_handles(arms=arms), loc="outside lower center", ncol=4 if ncols >= 4 else 2,
+               fontsize=9, frameon=False)
     return fig
 
 
@@ -266,9 +267,11 @@ def plot_final_accuracy(final: pd.DataFrame, *, context: str = "",
 
 
 def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float = 0.05,
-                    metrics: Sequence[str] = ("train_acc", "test_acc"), arms: Arms = BN_PLAIN) -> Figure:
+                    metrics: Sequence[str] = ("train_acc", "test_acc"), arms: Arms = BN_PLAIN,
+                    family: int | None = None) -> Figure:
     """Paired BN - plain difference at the final epoch per weight scale, with its 95% t interval (thin bar) and,
-    where ``comparison`` has them, its anytime-valid confidence sequence (wide light bar, cs_low to cs_high).
+    where ``comparison`` has them, its anytime-valid confidence sequence (wide light bar, cs_low to cs_high),
+    simultaneous over ``family`` cells (default: the scales shown).
 
     Filled markers (and a star) mark scales significant after Holm correction; hollow markers are not
     significant; a cross marks a scale with no interval (fewer than 2 pairs, or no spread); a grey diamond on
@@ -346,9 +349,10 @@ def plot_difference(comparison: pd.DataFrame, *, context: str = "", alpha: float
     ]
     if any_cs:
         n_scales = comparison["weight_scale"].nunique()
+        over = f"{n_scales} scales" if family in (None, n_scales) else f"{family} compared cells"
         handles.append(Line2D([], [], color=color, alpha=0.22, linewidth=7,
                               label="wide bar: anytime-valid 95% confidence sequence, simultaneous over the "
-                                    f"{n_scales} scales\n(read it if seeds were added after looking)"))
+                                    f"{over}\n(read it if seeds were added after looking)"))
     if any_nobar:
         handles.append(Line2D([], [], color=color, marker="x", linestyle="none",
                               label="no interval, no t-test: fewer than 2 pairs, or all seeds equal"))

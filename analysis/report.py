@@ -109,7 +109,7 @@ def _signed(x: float) -> str:
 
 
 def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, width: float,
-             arms: Arms = BN_PLAIN) -> str:
+             arms: Arms = BN_PLAIN, family: int | None = None) -> str:
     """One paragraph stating what the numbers say (significance, largest difference, failures, seeds)."""
     scales = sorted(comparison["weight_scale"].unique())
     labels = scale_labels(scales)
@@ -139,7 +139,7 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
             text += "; it was significantly lower at " + " and at ".join(lower)
         sentences.append(text + ".")
 
-    anytime = _anytime_sentence(comparison, scales, alpha, arms)
+    anytime = _anytime_sentence(comparison, scales, alpha, arms, family)
     if anytime:
         sentences.append(anytime)
 
@@ -202,7 +202,8 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
     return " ".join(sentences)
 
 
-def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: float, arms: Arms) -> str:
+def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: float, arms: Arms,
+                      family: int | None = None) -> str:
     """What the confidence sequences decide, per metric (empty when the frame has none)."""
     if "cs_low" not in comparison:
         return ""
@@ -220,8 +221,9 @@ def _anytime_sentence(comparison: pd.DataFrame, scales: Sequence[float], alpha: 
         parts.append(text)
     if not parts:
         return ""
+    over = f"{len(scales)} scales" if family in (None, len(scales)) else f"{family} compared cells"
     return (f"Read as anytime-valid (the {100 * (1 - alpha):g}% confidence sequences, simultaneous over the "
-            f"{len(scales)} scales, which stay valid when seeds were added after looking): "
+            f"{over}, which stay valid when seeds were added after looking): "
             + "; ".join(parts) + "; at the other scales they do not exclude 0 yet.")
 
 
@@ -231,11 +233,12 @@ def facet_findings(comparison: pd.DataFrame, final: pd.DataFrame, axes: Sequence
     if not axes:
         return findings(comparison, final, alpha=alpha, width=width, arms=arms)
     out = []
+    family = int((comparison["metric"] == comparison["metric"].iloc[0]).sum()) if len(comparison) else None
     for values, cm in comparison.groupby(list(axes), sort=True):
         facet = dict(zip(axes, values if isinstance(values, tuple) else (values,), strict=True))
         fm = final.merge(pd.DataFrame([facet]), on=list(axes))
         out.append(f"**{facet_label(facet)}**: "
-                   + findings(cm.reset_index(drop=True), fm, alpha=alpha, width=width, arms=arms))
+                   + findings(cm.reset_index(drop=True), fm, alpha=alpha, width=width, arms=arms, family=family))
     return "\n\n".join(out)
 
 

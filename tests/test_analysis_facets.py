@@ -149,3 +149,10 @@ def test_a_param_the_sweep_leaves_out_at_its_default_reads_as_the_default(tmp_pa
     assert sorted(df["weight_decay"].unique()) == [0.0, 0.1] and axes_of(df) == ["weight_decay"]
     assert main(["--experiment", "wd", "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-log"]) == 0
     assert set(pd.read_csv(tmp_path / "out" / "comparison.csv")["weight_decay"]) == {0.0, 0.1}
+
+
+def test_the_figures_and_findings_say_the_sequences_span_every_cell(analysed):
+    _, _, _, out = analysed
+    report = (out / "report.md").read_text()
+    assert "simultaneous over the 8 compared cells, which stay valid" in report
+    assert "simultaneous over the 2 scales" not in report

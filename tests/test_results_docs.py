@@ -56,9 +56,11 @@ def test_the_readmes_table_is_comparison_csv():
 
 def test_what_the_readmes_commands_leave_in_the_folder_is_ignored_by_git():
     """The main job's store (a SQLite file in WAL mode: -wal and -shm beside it), the analysis' output folder and
-    MLflow's artifact folders, the Results commands' store, and the virtual environment of the Quick start."""
+    MLflow's artifact folders, the Results and Recipes commands' store, and the virtual environment of the Quick
+    start."""
     left = ["mlflow.db", "mlflow.db-wal", "mlflow.db-shm", "analysis-out/report.md", "mlruns/1/meta.yaml",
-            "mlartifacts/1/a/artifacts/grid.png", "results.db", "results.db-wal", ".venv/bin/python"]
+            "mlartifacts/1/a/artifacts/grid.png", "results.db", "results.db-wal", "recipes.db", "recipes.db-shm",
+            "analysis-out/bn-lr/grid_lr-1.png", ".venv/bin/python"]
     checked = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *left],
                              capture_output=True, text=True, timeout=60)
     assert sorted(checked.stdout.split()) == sorted(left), checked.stderr
