@@ -20,6 +20,7 @@ from analysis.facets import (
     by_facet,
     compare_frame,
     comparison_by_facet,
+    count_cells,
     facet_label,
     facet_slug,
     facets,
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = _out_folder(args)
     out.mkdir(parents=True, exist_ok=True)
-    cells = sum(part["weight_scale"].nunique() for _, part in facets(df, axes))  # the families' size
+    cells = count_cells(df, axes)
     written: list[Path] = []
     figures: dict[str, str] = {}
     for facet, part in facets(df, axes):

@@ -34,18 +34,19 @@ def axis_name(axis: str) -> str:
     return "hidden_sizes" if axis == "hidden_size_list" else axis
 
 
-def _fmt(value) -> str:
+def value_label(value) -> str:
+    """An axis value as labels show it: ``0.1``, ``adam``."""
     return f"{value:g}" if isinstance(value, float | np.floating) else str(value)
 
 
 def facet_label(facet: dict) -> str:
     """``lr=0.1, optimizer=adam`` (empty for the one facet of a sweep without axes)."""
-    return ", ".join(f"{axis_name(k)}={_fmt(v)}" for k, v in facet.items())
+    return ", ".join(f"{axis_name(k)}={value_label(v)}" for k, v in facet.items())
 
 
 def facet_slug(facet: dict) -> str:
     """A file-name part: ``lr-0.1_optimizer-adam``."""
-    text = "_".join(f"{axis_name(k)}-{_fmt(v)}" for k, v in facet.items())
+    text = "_".join(f"{axis_name(k)}-{value_label(v)}" for k, v in facet.items())
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
 
 
@@ -72,11 +73,16 @@ def by_facet(df: pd.DataFrame, axes: list[str], fn: Callable[[pd.DataFrame], pd.
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def count_cells(df: pd.DataFrame, axes: list[str]) -> int:
+    """The compared cells of a metric: the weight scales of every facet (the size of the tests' families)."""
+    return sum(part["weight_scale"].nunique() for _, part in facets(df, axes))
+
+
 def comparison_by_facet(df: pd.DataFrame, axes: list[str], compare: Callable[..., pd.DataFrame], *,
                         alpha: float, **kwargs) -> pd.DataFrame:
     """:func:`analysis.stats.paired_comparison` per facet, with the families of all facets together: the Holm
     correction over every cell of a metric, and each confidence sequence at alpha / (cells of its metric)."""
-    cells = sum(part["weight_scale"].nunique() for _, part in facets(df, axes))
+    cells = count_cells(df, axes)
     out = by_facet(df, axes, lambda part: compare(part, alpha=alpha, family=cells, **kwargs))
     if out.empty or not axes:
         return out
@@ -116,7 +122,7 @@ def compare_frame(df: pd.DataFrame, axis: str, a: str, b: str) -> pd.DataFrame:
     if axis not in df:
         raise AnalysisError(f"--compare {axis_name(axis)}: the runs have no param {axis} (compare an axis the "
                             "sweep varied)")
-    present = ", ".join(sorted({_fmt(v) for v in df[axis].dropna().unique()}))
+    present = ", ".join(sorted({value_label(v) for v in df[axis].dropna().unique()}))
     in_a, in_b = _matches(df[axis], a), _matches(df[axis], b)
     for value, rows in ((a, in_a), (b, in_b)):
         if not rows.any():

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from analysis.facets import axis_name, facet_label
+from analysis.facets import axis_name, facet_label, value_label
 from analysis.figures import BN_PLAIN, Arms, metric_label, scale_labels, seeds_text
 from tracking.uri import display_store
 
@@ -243,7 +243,7 @@ def facet_findings(comparison: pd.DataFrame, final: pd.DataFrame, axes: Sequence
 
 
 def _axis_columns(axes: Sequence[str]) -> list[tuple[str, Callable[[pd.Series], str]]]:
-    return [(axis_name(a), lambda r, a=a: facet_label({a: r[a]}).split("=", 1)[1]) for a in axes]
+    return [(axis_name(a), lambda r, a=a: value_label(r[a])) for a in axes]
 
 
 def markdown_table(frame: pd.DataFrame, columns: Sequence[tuple[str, Callable[[pd.Series], str]]]) -> str:
@@ -380,8 +380,8 @@ def build_report(
     out += [f"- {line}" for line in describe_setup(df)]
     out.append("")
     if axes:
-        named = "; ".join(f"{axis_name(a)}: " + ", ".join(facet_label({a: v}).split("=", 1)[1]
-                                                           for v in sorted(df[a].unique())) for a in axes)
+        named = "; ".join(f"{axis_name(a)}: " + ", ".join(value_label(v) for v in sorted(df[a].unique()))
+                          for a in axes)
         out += [f"Axes beside the weight scale, each combination analysed apart ({named}); the Holm correction and "
                 "the confidence sequences' Bonferroni split span every compared cell of a metric.", ""]
     for note in notes:

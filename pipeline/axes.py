@@ -27,8 +27,13 @@ class Axis:
     sep: str = ","
 
     @property
+    def dest(self) -> str:
+        """The argparse attribute: ``lr``, ``hidden_sizes``."""
+        return self.key.replace("hidden_size_list", "hidden_sizes")
+
+    @property
     def option(self) -> str:
-        return "--" + self.key.replace("_", "-").replace("-size-list", "-sizes")
+        return "--" + self.dest.replace("_", "-")
 
 
 def _whole(option: str, text: str) -> int:

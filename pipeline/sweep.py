@@ -383,17 +383,15 @@ def _dry_run(args: argparse.Namespace, uri: str, grid: list[dict], keys: list[st
              until=None, axes: dict | None = None) -> int:
     done = _finished_keys(args, uri, exists)
     todo = [c for c, k in zip(grid, keys, strict=True) if k not in done]
-    scales = list(dict.fromkeys(c["weight_scale"] for c in grid))
-    arms = list(dict.fromkeys(c["use_batchnorm"] for c in grid))
     seeds = list(dict.fromkeys(c["seed"] for c in grid))
-    shown = [f"weight_scale ({len(scales)}): {', '.join(scale_text(w) for w in scales)}",
-             f"use_batchnorm ({len(arms)}): {', '.join(map(str, arms))}",
-             *(f"{axis_label(k)} ({len(v)}): {(' ; ' if k == 'hidden_size_list' else ', ').join(map(value_text, v))}"
+    shown = [("weight_scale", [scale_text(w) for w in dict.fromkeys(c["weight_scale"] for c in grid)], ", "),
+             ("use_batchnorm", [str(bn) for bn in dict.fromkeys(c["use_batchnorm"] for c in grid)], ", "),
+             *((axis_label(k), [value_text(x) for x in v], " ; " if k == "hidden_size_list" else ", ")
                for k, v in (axes or {}).items()),
-             f"seed ({len(seeds)}): {', '.join(map(str, seeds[:20]))}{' ...' if len(seeds) > 20 else ''}"]
-    print(f"Axes ({' x '.join(s.split('(')[1].split(')')[0] for s in shown)} = {len(grid)} trials):")
-    for line in shown:
-        print(f"  {line}")
+             ("seed", [str(s) for s in seeds], ", ")]
+    print(f"Axes ({' x '.join(str(len(values)) for _, values, _ in shown)} = {len(grid)} trials):")
+    for name, values, sep in shown:
+        print(f"  {name} ({len(values)}): {sep.join(values[:20])}{' ...' if len(values) > 20 else ''}")
     print(f"Dry run: {len(grid)} trials in the grid, {len(grid) - len(todo)} already FINISHED (or diverged) in "
           f"experiment {args.experiment!r} at {uri}, {len(todo)} would run.")
     for config in todo[:20]:

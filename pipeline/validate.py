@@ -133,7 +133,7 @@ def check_args(args: argparse.Namespace) -> Checked:
     base = {"dataset": args.dataset, "test_size": args.test_size, "dtype": args.dtype}
     axes = {}
     for axis in AXES:  # one value: a fixed hyperparameter; several: an axis of the grid
-        values = parse_axis(axis, getattr(args, axis.key.replace("hidden_size_list", "hidden_sizes")))
+        values = parse_axis(axis, getattr(args, axis.dest))
         if len(values) == 1:
             base[axis.key] = values[0]
         else:
