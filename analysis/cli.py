@@ -35,18 +35,17 @@ from analysis.figures import (
     plot_final_accuracy,
     plot_grid,
     save_figure,
-    scale_labels,
     seeds_text,
 )
 from analysis.load import DIVERGED_POLICIES, diverged_counts, load_runs, varying_config, without_diverged
-from analysis.report import build_report, describe_data, facet_findings
+from analysis.report import build_report, describe_data, describe_scales, facet_findings
+from analysis.scales import is_named, nearest_scale, scale_labels, sort_scales
 from analysis.stats import (
     ALPHA,
     DEFAULT_WIDTH,
     arm_summary,
     final_summary,
     interval_history,
-    nearest_scale,
     paired_comparison,
 )
 from analysis.store import cap_http_retries, check_tracking_uri, resolve_tracking_uri
@@ -141,11 +140,12 @@ def _data_notes(df: pd.DataFrame) -> list[str]:
     """Duplicates, skipped runs and mixed configs, as report bullet points (also printed)."""
     notes = []
     for d in df.attrs.get("duplicates", []):
-        notes.append(f"duplicate trial {d['trial_key']} (W={d['weight_scale']!r}, "
+        notes.append(f"duplicate trial {d['trial_key']} ({describe_scales([d['weight_scale']], [d['weight_scale']])}, "
                      f"{'bn' if d['use_batchnorm'] else 'plain'}, seed {d['seed']}): used run {d['kept_run_id']} "
                      f"(earliest), ignored {', '.join(d['dropped_run_ids'])}")
-    for (w, bn), n in sorted(diverged_counts(df).items(), key=lambda item: (-item[0][0], not item[0][1])):
-        notes.append(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g}: {n} trial(s) diverged (non-finite loss; "
+    for (w, bn), n in diverged_counts(df).items():
+        notes.append(f"{'BatchNorm' if bn else 'plain'} at {describe_scales([w], [w])}: {n} trial(s) diverged "
+                     "(non-finite loss; "
                      f"{_diverged_note(df.attrs.get('diverged_policy', 'exclude'))})")
     for s in df.attrs.get("skipped", []):
         notes.append(f"skipped run {s['run_id']}: {s['reason']}")
@@ -161,8 +161,8 @@ LOG_BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch
 
 
 def history_metrics(history: pd.DataFrame, timestamp_ms: int) -> list:
-    """The rows of :func:`analysis.stats.interval_history` as MLflow metrics ``<metric>/W<scale>/<column>`` (with
-    axes ``<metric>/<facet>/W<scale>/<column>``) with
+    """The rows of :func:`analysis.stats.interval_history` as MLflow metrics ``<metric>/W<scale>/<column>``
+    (``<metric>/He/<column>`` for a named scale; with axes ``<metric>/<facet>/W<scale>/<column>``) with
     step = number of seeds, so MLflow's charts show each cell's intervals narrowing as seeds were added."""
     from mlflow.entities import Metric
 
@@ -171,7 +171,8 @@ def history_metrics(history: pd.DataFrame, timestamp_ms: int) -> list:
     out = []
     for row in history.itertuples(index=False):
         facet = facet_slug({a: getattr(row, a) for a in axes})
-        prefix = f"{row.metric}/{facet + '/' if facet else ''}W{labels[row.weight_scale]}"
+        scale = labels[row.weight_scale] if is_named(row.weight_scale) else f"W{labels[row.weight_scale]}"
+        prefix = f"{row.metric}/{facet + '/' if facet else ''}{scale}"
         for col in HISTORY_COLUMNS:
             value = float(getattr(row, col))
             if value == value:  # the t interval has no value at n = 1
@@ -273,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         raise AnalysisError(f"experiment {args.experiment!r} at {uri} has no FINISHED trial runs (tag "
                             "run_kind=trial) (run the sweep first, or let it finish)")
     n_runs = df["run_id"].nunique()
-    scales = sorted(df["weight_scale"].unique())
+    scales = sort_scales(df["weight_scale"].unique())
     t = df.attrs.get("timings_s", {})
     _say(f"loaded {n_runs} runs ({len(df)} rows, {len(scales)} weight scales) in {sum(t.values()):.1f} s "
          f"via {df.attrs.get('history_strategy')}")
@@ -296,9 +297,9 @@ def run(args: argparse.Namespace) -> int:
                         if diverged else None)
     final = by_facet(df, axes, lambda part: final_summary(part, width=args.width))
     curves_scale = nearest_scale(scales, args.scale)
-    if abs(curves_scale / args.scale - 1) > 1e-9:
+    if is_named(curves_scale) or abs(curves_scale / args.scale - 1) > 1e-9:
         _say(f"--scale {args.scale:g} not present; curves.png uses the nearest present scale "
-             f"W={scale_labels([curves_scale])[curves_scale]}")
+             f"{describe_scales([curves_scale], [curves_scale])}")
 
     out = _out_folder(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,8 +341,8 @@ def run(args: argparse.Namespace) -> int:
 
     text = facet_findings(comparison, final, axes, alpha=args.alpha, width=args.width, arms=arms)
     if diverged:
-        where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at W={w:.3g} in {n}"
-                          for (w, bn), n in sorted(diverged.items(), key=lambda i: (-i[0][0], not i[0][1])))
+        where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at {describe_scales([w], [w])} in {n}"
+                          for (w, bn), n in diverged.items())
         how = ("counted as nets that failed to learn (--diverged count)" if args.diverged == "count"
                else "left out of the statistics (--diverged exclude)")
         text += f" Some trials diverged (non-finite loss), {how}: {where} seed(s)."
@@ -353,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
             "seeds_per_arm": seeds_text(counts).removeprefix("n = ").removesuffix(" seeds per arm")
             .removesuffix(" seed per arm"),
             "n_duplicates": len(df.attrs.get("duplicates", [])), "grid_metric": args.metric,
-            "curves_scale": repr(float(curves_scale)), "width": repr(args.width), "alpha": repr(args.alpha),
+            "curves_scale": curves_scale if is_named(curves_scale) else repr(float(curves_scale)),
+            "width": repr(args.width), "alpha": repr(args.alpha),
             "diverged_policy": args.diverged, "compare": args.compare or "batchnorm (BN vs plain)",
         }
         run_id = log_analysis_run(uri, df.attrs["experiment_id"], written, params,

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from analysis.errors import AnalysisError
 from analysis.facets import AXIS_PARAMS
 from analysis.histories import HistoryFetcher, is_server
+from analysis.scales import is_named, parse_scale, sort_by_scale, sort_scales
 from analysis.store import check_tracking_uri, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -38,13 +39,11 @@ SERVER_PAGE = 250  # runs per search request to a server (histories of a page do
 
 #: dtypes of the design's params; params not listed are typed by what all their values parse as.
 PARAM_TYPES = {
-    "weight_scale": "float", "use_batchnorm": "bool", "seed": "int",
+    "weight_scale": "scale", "use_batchnorm": "bool", "seed": "int",
     "epochs": "int", "batch_size": "int", "lr": "float", "train_size": "int", "test_size": "int",
     "optimizer": "str", "dataset": "str", "hidden_size_list": "str", "activation": "str", "dtype": "str",
     "weight_decay": "float", "dropout": "float",
 }
-#: weight_scale by name: the sweep runs them (a std per layer from its fan-in); the analysis does not read them yet.
-NAMED_SCALES = ("he", "xavier")
 #: Params a trial holds only when they differ from these (the sweep leaves them out at their defaults).
 OPTIONAL_PARAMS = {"weight_decay": 0.0, "dropout": 0.0}
 REQUIRED_PARAMS = ("weight_scale", "use_batchnorm", "seed")
@@ -183,10 +182,11 @@ def _diverged_runs(client: MlflowClient, experiment_id: str, finished_keys: set[
 
 def _diverged_list(runs: pd.DataFrame) -> list[dict]:
     """``df.attrs["diverged"]``: weight_scale, use_batchnorm, seed, trial_key, reason; largest scale first."""
-    found = [{"trial_key": str(r.trial_key), "weight_scale": float(r.weight_scale),
-              "use_batchnorm": bool(r.use_batchnorm), "seed": int(r.seed), "reason": str(r.failure_reason)}
-             for r in runs.itertuples()]
-    return sorted(found, key=lambda d: (-d["weight_scale"], not d["use_batchnorm"], d["seed"]))
+    found = [{"trial_key": str(r.trial_key), "weight_scale": r.weight_scale if is_named(r.weight_scale)
+              else float(r.weight_scale), "use_batchnorm": bool(r.use_batchnorm), "seed": int(r.seed),
+              "reason": str(r.failure_reason)} for r in runs.itertuples()]
+    rank = {w: i for i, w in enumerate(sort_scales((d["weight_scale"] for d in found), descending=True))}
+    return sorted(found, key=lambda d: (rank[d["weight_scale"]], not d["use_batchnorm"], d["seed"]))
 
 
 def _fill_diverged(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -244,8 +244,7 @@ def _with_diverged(finished: pd.DataFrame, diverged: pd.DataFrame) -> pd.DataFra
     for col in ("seed", "epoch"):
         both[col] = both[col].astype("int64")
     both["use_batchnorm"] = both["use_batchnorm"].astype(bool)
-    return both.sort_values(["weight_scale", "use_batchnorm", "seed", "epoch"], kind="mergesort").reset_index(
-        drop=True)
+    return sort_by_scale(both, ["weight_scale", "use_batchnorm", "seed", "epoch"]).reset_index(drop=True)
 
 
 def without_diverged(df: pd.DataFrame) -> pd.DataFrame:
@@ -258,7 +257,8 @@ def without_diverged(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def diverged_counts(df: pd.DataFrame) -> dict[tuple[float, bool], int]:
-    """How many trials diverged per (weight_scale, use_batchnorm), from ``df.attrs["diverged"]``."""
+    """How many trials diverged per (weight_scale, use_batchnorm), from ``df.attrs["diverged"]``, in its order
+    (largest scale first, named scales last; BatchNorm first)."""
     counts: dict[tuple[float, bool], int] = {}
     for d in df.attrs.get("diverged", []):
         counts[(d["weight_scale"], d["use_batchnorm"])] = counts.get((d["weight_scale"], d["use_batchnorm"]), 0) + 1
@@ -293,7 +293,7 @@ def _parse_int(text: str) -> int:
     return int(value)
 
 
-_PARSERS = {"float": float, "int": _parse_int, "bool": parse_bool, "str": str}
+_PARSERS = {"scale": parse_scale, "float": float, "int": _parse_int, "bool": parse_bool, "str": str}
 
 
 def _runs_frame(runs: list[Run]) -> tuple[pd.DataFrame, list[dict]]:
@@ -306,18 +306,10 @@ def _runs_frame(runs: list[Run]) -> tuple[pd.DataFrame, list[dict]]:
         if not key:
             skipped.append({"run_id": info.run_id, "reason": "no trial_key tag"})
             continue
-        if data.params.get("weight_scale") in NAMED_SCALES:
-            skipped.append({"run_id": info.run_id, "reason": f"weight_scale {data.params['weight_scale']}: named "
-                            "scales (he, xavier) are run by the sweep but not analysed yet; the analysis compares "
-                            "numeric scales"})
-            continue
         try:
             required = {name: _PARSERS[PARAM_TYPES[name]](data.params[name]) for name in REQUIRED_PARAMS}
         except (KeyError, ValueError) as exc:
             skipped.append({"run_id": info.run_id, "reason": f"bad or missing param: {exc}"})
-            continue
-        if not (math.isfinite(required["weight_scale"]) and required["weight_scale"] > 0):
-            skipped.append({"run_id": info.run_id, "reason": "weight_scale is not a positive number"})
             continue
         record = {"run_id": info.run_id, "trial_key": key, "run_name": info.run_name,
                   "start_time": info.start_time, "sweep_id": data.tags.get("sweep_id"),
@@ -330,7 +322,8 @@ def _runs_frame(runs: list[Run]) -> tuple[pd.DataFrame, list[dict]]:
         frame = pd.DataFrame({c: [] for c in ("run_id", "trial_key", *REQUIRED_PARAMS, *RUN_COLUMNS)})
     frame["run_id"] = frame["run_id"].astype(str)
     frame["trial_key"] = frame["trial_key"].astype(str)
-    frame["weight_scale"] = frame["weight_scale"].astype("float64")
+    if not any(is_named(w) for w in frame["weight_scale"]):  # numbers only: a float column, as before named scales
+        frame["weight_scale"] = frame["weight_scale"].astype("float64")
     frame["use_batchnorm"] = frame["use_batchnorm"].astype(bool)
     frame["seed"] = frame["seed"].astype("int64")
     frame["start_time"] = pd.to_datetime(frame["start_time"].astype("float64"), unit="ms", utc=True)
@@ -375,7 +368,7 @@ def pick_one_per_trial(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         head = group.iloc[0]
         duplicates.append({
             "trial_key": str(key),
-            "weight_scale": float(head["weight_scale"]),
+            "weight_scale": head["weight_scale"] if is_named(head["weight_scale"]) else float(head["weight_scale"]),
             "use_batchnorm": bool(head["use_batchnorm"]),
             "seed": int(head["seed"]),
             "kept_run_id": str(head["run_id"]),
@@ -402,7 +395,7 @@ def _tidy(runs: pd.DataFrame, hist: pd.DataFrame, metrics: list[str], skipped: l
     df = runs.merge(wide, on="run_id", how="inner", validate="one_to_many")
     params = sorted(c for c in runs.columns if c not in LEADING_COLUMNS and c not in RUN_COLUMNS)
     order = [*LEADING_COLUMNS, *metrics, *params, *RUN_COLUMNS]
-    df = df[order].sort_values(["weight_scale", "use_batchnorm", "seed", "epoch"], kind="mergesort")
+    df = sort_by_scale(df[order], ["weight_scale", "use_batchnorm", "seed", "epoch"])
     return df.reset_index(drop=True)
 
 

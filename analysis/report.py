@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.facets import axis_name, facet_label, value_label
-from analysis.figures import BN_PLAIN, Arms, metric_label, scale_labels, seeds_text
+from analysis.figures import BN_PLAIN, Arms, metric_label, seeds_text
+from analysis.scales import Scale, is_named, scale_labels, sort_by_scale, sort_scales
 from tracking.uri import display_store
 
 #: Final train accuracy below this counts as "failed to learn" (chance is 0.10 for 10 classes).
@@ -69,23 +70,25 @@ def describe_setup(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def describe_scales(selected: Sequence[float], all_scales: Sequence[float]) -> str:
-    """Weight scales as contiguous ranges of the sorted scale list: ``W=0.0001–0.0074 and 0.16–1.00``."""
-    order = sorted(set(float(w) for w in all_scales))
+def describe_scales(selected: Sequence[Scale], all_scales: Sequence[Scale]) -> str:
+    """Weight scales as contiguous ranges of the sorted numeric scales, then the named ones:
+    ``W=0.0001–0.0074 and 0.16–1.00``, ``W=0.01 and He init``."""
+    order = sort_scales(all_scales)
     labels = scale_labels(order)
-    chosen = set(float(w) for w in selected)
-    groups: list[list[float]] = []
-    for w in order:
+    chosen = set(selected)
+    groups: list[list[Scale]] = []
+    for i, w in enumerate(order):
         if w in chosen:
-            if groups and groups[-1][-1] == order[order.index(w) - 1]:
+            if groups and not is_named(w) and groups[-1][-1] == order[i - 1] and not is_named(order[i - 1]):
                 groups[-1].append(w)
             else:
                 groups.append([w])
     parts = [labels[g[0]] if len(g) == 1 else f"{labels[g[0]]}\u2013{labels[g[-1]]}" for g in groups]
+    parts = [f"{p} init" if is_named(g[0]) else p for p, g in zip(parts, groups, strict=True)]
     if not parts:
         return "none"
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"W={text}"
+    return text if is_named(groups[0][0]) else f"W={text}"
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -111,8 +114,7 @@ def _signed(x: float) -> str:
 def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, width: float,
              arms: Arms = BN_PLAIN, family: int | None = None) -> str:
     """One paragraph stating what the numbers say (significance, largest difference, failures, seeds)."""
-    scales = sorted(comparison["weight_scale"].unique())
-    labels = scale_labels(scales)
+    scales = sort_scales(comparison["weight_scale"].unique())
     n_pairs = comparison["n_pairs"]
     sentences = []
     pairs_text = seeds_text(n_pairs).replace("seeds per arm", "paired seeds per scale").replace(
@@ -153,7 +155,7 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
         else:
             ci = f" (95% CI {_signed(top['ci_low'])} to {_signed(top['ci_high'])})"
         sentences.append(f"The largest mean difference, {arms.diff}, was {_signed(top['mean_diff'])}{ci} "
-                         f"in {metric_label(top['metric'])} at W={labels[top['weight_scale']]}.")
+                         f"in {metric_label(top['metric'])} at {describe_scales([top['weight_scale']], scales)}.")
 
     ft = final[final["metric"] == "train_acc"]
     if not ft.empty:
@@ -192,7 +194,8 @@ def findings(comparison: pd.DataFrame, final: pd.DataFrame, *, alpha: float, wid
         sentences.append(
             f"For every 95% interval of the paired {metric_label(worst['metric'])} difference to be narrower "
             f"than {width:g} (full width), up to {_fmt_n(worst['seeds_needed_diff'])} seeds would be needed "
-            f"(at W={labels[worst['weight_scale']]}, which has {int(worst['n_pairs'])} pairs now); for the "
+            f"(at {describe_scales([worst['weight_scale']], scales)}, which has {int(worst['n_pairs'])} pairs now); "
+            "for the "
             f"interval of each arm's mean {metric_label(worst['metric'])}, up to {_fmt_n(arm_need.max())}.")
     small = int(n_pairs[n_pairs >= 2].min()) if (n_pairs >= 2).any() else 0
     if 2 <= small and 2.0 / 2**small >= alpha:
@@ -264,7 +267,7 @@ def _difference_cell(r: pd.Series) -> str:
 
 def _comparison_table(cm: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = (),
                       arms: Arms = BN_PLAIN) -> str:
-    order = cm.sort_values([*axes, "weight_scale"], ascending=[*([True] * len(axes)), False])
+    order = sort_by_scale(cm, [*axes, "weight_scale"], descending=True)
     return markdown_table(order, [
         *_axis_columns(axes),
         ("W", lambda r: labels[r["weight_scale"]]),
@@ -288,8 +291,7 @@ def _comparison_table(cm: pd.DataFrame, labels: dict[float, str], axes: Sequence
 def _seeds_table(comparison: pd.DataFrame, labels: dict[float, str], axes: Sequence[str] = (),
                  arms: Arms = BN_PLAIN) -> str:
     order = comparison.assign(_m=comparison["metric"] != "test_acc")
-    order = order.sort_values(["_m", "metric", *axes, "weight_scale"],
-                              ascending=[True, True, *([True] * len(axes)), False])
+    order = sort_by_scale(order, ["_m", "metric", *axes, "weight_scale"], descending=True)
     return markdown_table(order, [
         ("metric", lambda r: metric_label(r["metric"])),
         *_axis_columns(axes),
@@ -328,8 +330,8 @@ def _policy_section(comparison: pd.DataFrame, other: pd.DataFrame, policy: str,
         return (f"{pairs} pairs: {_fmt(diff)} [{_fmt(r[f'ci_low{suffix}'])}, {_fmt(r[f'ci_high{suffix}'])}], CS "
                 f"[{_fmt(r[f'cs_low{suffix}'])}, {_fmt(r[f'cs_high{suffix}'])}]{sig}")
 
-    order = changed.assign(_m=changed["metric"] != "test_acc").sort_values(
-        ["_m", *axes, "weight_scale"], ascending=[True, *([True] * len(axes)), False])
+    order = sort_by_scale(changed.assign(_m=changed["metric"] != "test_acc"), ["_m", *axes, "weight_scale"],
+                          descending=True)
     table = markdown_table(order, [
         ("metric", lambda r: metric_label(r["metric"])),
         *_axis_columns(axes),
@@ -364,7 +366,7 @@ def build_report(
     ``grid|<facet label>``) to a path relative to the report. ``other_comparison`` is the comparison under the
     other diverged policy: the cells where it differs get a section of their own. ``axes``: the hyperparameters
     with several values (:mod:`analysis.facets`), a column each in the tables."""
-    scales = sorted(df["weight_scale"].unique())
+    scales = sort_scales(df["weight_scale"].unique())
     labels = scale_labels(scales)
     n_runs = df["run_id"].nunique()
     counts = final[final["metric"] == final["metric"].iloc[0]]["n"] if not final.empty else []
@@ -393,7 +395,7 @@ def build_report(
     titles = {
         "grid": f"{metric_label(metric).capitalize()} per weight scale (the book's Figure 6-19, mean \u00b1 1 std "
                 f"over seeds; {arms.short_a} solid, {arms.short_b} dashed)",
-        "curves": f"Train and test accuracy at W={scale_labels([curves_scale])[curves_scale]}",
+        "curves": f"Train and test accuracy at {describe_scales([curves_scale], [curves_scale])}",
         "final_accuracy": "Final accuracy vs weight scale (mean, 95% t interval of the mean)",
         "difference": f"Paired difference {arms.diff} at the final epoch (thin bar: 95% t interval, * = "
                       "significant after Holm; wide bar: anytime-valid 95% confidence sequence)",
@@ -436,6 +438,10 @@ def build_report(
             "the weight scales of one metric (Bonferroni: each at level alpha / scales; p anytime is multiplied by "
             "the number of scales). It is wider than the t interval; with few seeds it cannot exclude 0 however "
             "large the difference.",
+            *(["- He init and Xavier init: every layer's initial weights drawn with std sqrt(2 / fan-in) (He et al. "
+               "2015, for ReLU) or sqrt(1 / fan-in) (Glorot & Bengio 2010), fan-in being the layer's inputs; they "
+               "are cells of their own beside the numeric scales W, in the tests' families."]
+              if any(is_named(w) for w in scales) else []),
             f"- \"Failed to learn\": mean final train accuracy below {FAIL_THRESHOLD:.2f} (chance 0.10), said "
             f"only of an arm with at least {MIN_RUNS_TO_SAY} finished runs.",
             "- Only FINISHED runs tagged run_kind=trial are used, and the trials that diverged (FAILED with "

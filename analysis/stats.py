@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.scales import Scale
 from analysis.sequences import difference_cs
 
 CONFIDENCE = 0.95
@@ -195,7 +196,7 @@ def paired_comparison(
     n_scales = family or max(finals["weight_scale"].nunique(), 1)
     for metric in [m for m in metrics if m in finals]:
         for w, group in finals.groupby("weight_scale", sort=True):
-            row = _compare_one(group, float(w), metric, confidence, width)
+            row = _compare_one(group, w, metric, confidence, width)
             row.update(_sequence_columns(group, metric, alpha, n_scales, row))
             rows.append(row)
     columns = ["weight_scale", "metric", "final_epoch", "n_bn", "n_plain", "mean_bn", "sd_bn", "mean_plain",
@@ -215,7 +216,7 @@ def paired_comparison(
     return out[columns]
 
 
-def _compare_one(group: pd.DataFrame, w: float, metric: str, confidence: float, width: float) -> dict:
+def _compare_one(group: pd.DataFrame, w: Scale, metric: str, confidence: float, width: float) -> dict:
     arms = {}
     nan_seeds = []
     for bn in (True, False):
@@ -332,7 +333,7 @@ def interval_history(df: pd.DataFrame, metrics: Sequence[str] = COMPARED_METRICS
             with np.errstate(invalid="ignore", divide="ignore"):
                 no_spread_ = (sd == 0) & (seq["mean_diff"] != 0)  # as paired_comparison: no t interval
                 half = t_quantile(n, confidence) * np.where(no_spread_, np.nan, sd) / np.sqrt(n)
-            frames.append(pd.DataFrame({"weight_scale": float(w), "metric": metric, "n": n,
+            frames.append(pd.DataFrame({"weight_scale": w, "metric": metric, "n": n,
                                         "mean_diff": seq["mean_diff"], "ci_low": seq["mean_diff"] - half,
                                         "ci_high": seq["mean_diff"] + half, "cs_low": seq["cs_low"],
                                         "cs_high": seq["cs_high"]}))
@@ -360,14 +361,3 @@ def seeds_per_arm(df: pd.DataFrame, metric: str) -> pd.Series:
     """Seeds with a non-NaN final ``metric`` value, per arm (index: weight_scale, use_batchnorm)."""
     finals = final_values(df, [metric])
     return finals.groupby(ARM_KEYS)[metric].count()
-
-
-def nearest_scale(scales: Sequence[float], target: float = 0.01) -> float:
-    """The scale closest to ``target`` in log space; on a tie the larger scale.
-
-    (The book's 16 scales tie around 0.01: 0.0074 and 0.0136 are both 10^(2/15) away.)
-    """
-    values = sorted(float(w) for w in scales if w > 0)
-    if not values:
-        raise ValueError("no positive weight scales")
-    return min(values, key=lambda w: (round(abs(math.log(w) - math.log(target)), 9), -w))

@@ -42,12 +42,18 @@ METRICS = ("train_acc", "test_acc", "train_loss")
 #: The 16 weight scales of the book's Figure 6-19: ``np.logspace(0, -4, num=16)``.
 BOOK_WEIGHT_SCALES: tuple[float, ...] = tuple(float(w) for w in np.logspace(0, -4, num=16))
 
-def trial_config(weight_scale: float, use_batchnorm: bool, seed: int, **overrides) -> dict:
-    """A trial config dict (design.md keys) with the design defaults, overridden by ``overrides``."""
+#: A named scale's std at the first layer (784 inputs): what :func:`synthetic_history` reads it as.
+FIRST_LAYER_STD = {"he": (2 / 784) ** 0.5, "xavier": (1 / 784) ** 0.5}
+
+
+def trial_config(weight_scale: float | str, use_batchnorm: bool, seed: int, **overrides) -> dict:
+    """A trial config dict (design.md keys) with the design defaults, overridden by ``overrides``; ``weight_scale``
+    a number or a name (``he``, ``xavier``)."""
     unknown = set(overrides) - set(DEFAULT_CONFIG)
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
-    cfg = {"weight_scale": float(weight_scale), "use_batchnorm": bool(use_batchnorm), "seed": int(seed)}
+    w = weight_scale if isinstance(weight_scale, str) else float(weight_scale)
+    cfg = {"weight_scale": w, "use_batchnorm": bool(use_batchnorm), "seed": int(seed)}
     cfg.update(DEFAULT_CONFIG)
     cfg.update(overrides)
     return cfg
@@ -142,7 +148,7 @@ def synthetic_history(config: Mapping, rng: np.random.Generator) -> dict[str, np
     Deterministic given ``rng``; the values are what a test reads back, not what training would give.
     """
     epochs = int(config["epochs"])
-    w = float(config["weight_scale"])
+    w = FIRST_LAYER_STD.get(config["weight_scale"], config["weight_scale"])
     t = np.arange(epochs + 1) / max(epochs, 1)
     if config["use_batchnorm"]:
         ceiling = 0.93

@@ -15,7 +15,7 @@ from mlflow.entities import ViewType
 
 from analysis import load_runs
 from analysis.cli import main
-from analysis.figures import scale_labels
+from analysis.scales import scale_labels
 from tests.mlflow_fixtures import (
     create_experiment,
     free_port,

@@ -15,10 +15,10 @@ from analysis.figures import (
     plot_final_accuracy,
     plot_grid,
     save_figure,
-    scale_labels,
     seeds_text,
 )
 from analysis.report import build_report, describe_data, describe_scales, findings
+from analysis.scales import scale_labels
 from analysis.stats import arm_summary, final_summary, paired_comparison
 from tests.mlflow_fixtures import BOOK_WEIGHT_SCALES, create_experiment, log_grid, make_store
 

@@ -185,14 +185,30 @@ def test_unusable_runs_are_skipped_and_listed(store):
     no_key = log_trial_run(client, exp_id, trial_config(0.01, True, 1, epochs=EPOCHS), random_history(rng))
     client.delete_tag(no_key, "trial_key")
     no_values = log_trial_run(client, exp_id, trial_config(0.01, True, 2, epochs=EPOCHS), {})
-    he = log_trial_run(client, exp_id, {**trial_config(0.01, True, 3, epochs=EPOCHS), "weight_scale": "he"},
-                       random_history(rng))
+    bad = {text: log_trial_run(client, exp_id, {**trial_config(0.01, True, 3 + i, epochs=EPOCHS),
+                                                 "weight_scale": text}, random_history(rng))
+           for i, text in enumerate(("0", "-0.1", "nan", "inf", "fast"))}
     df = load_runs("exp", uri)
     assert set(df["run_id"]) == {good}
     reasons = {s["run_id"]: s["reason"] for s in df.attrs["skipped"]}
     assert reasons == {no_key: "no trial_key tag", no_values: "no metric values",
-                       he: "weight_scale he: named scales (he, xavier) are run by the sweep but not analysed yet; "
-                           "the analysis compares numeric scales"}
+                       **{run: f"bad or missing param: weight_scale {text!r} is neither a positive number nor one "
+                               "of he, xavier" for text, run in bad.items() if text != "fast"},
+                       bad["fast"]: "bad or missing param: could not convert string to float: 'fast'"}
+
+
+def test_named_weight_scales_load_beside_numbers_and_sort_after_them(store):
+    uri, client, exp_id = store
+    rng = np.random.default_rng(7)
+    runs = {(w, bn): log_trial_run(client, exp_id, {**trial_config(0.01, bn, 0, epochs=EPOCHS), "weight_scale": w},
+                                   random_history(rng))
+            for w in ("xavier", "0.1", "He", "0.01") for bn in (True, False)}
+    df = load_runs("exp", uri)
+    assert df.attrs["skipped"] == []
+    firsts = df.drop_duplicates("run_id")
+    assert firsts["weight_scale"].tolist() == [0.01, 0.01, 0.1, 0.1, "he", "he", "xavier", "xavier"]
+    assert firsts["use_batchnorm"].tolist() == [False, True] * 4
+    assert set(firsts["run_id"]) == set(runs.values())
 
 
 def test_no_finished_trials_gives_an_empty_frame_with_the_columns(store):

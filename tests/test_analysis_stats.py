@@ -19,13 +19,13 @@ import pytest
 from scipy import stats as sps
 
 from analysis import load_runs
+from analysis.scales import nearest_scale
 from analysis.sequences import difference_cs
 from analysis.stats import (
     arm_summary,
     final_summary,
     holm,
     interval_history,
-    nearest_scale,
     paired_comparison,
     seed_block,
     seeds_needed,
