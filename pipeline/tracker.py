@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import psutil
@@ -81,6 +83,8 @@ def _sqlite_wal(dbapi_connection, connection_record) -> None:  # noqa: ARG001 - 
         return
     cursor = dbapi_connection.cursor()
     try:
+        if any(str(row[2]).endswith(MAKING_SUFFIX) for row in cursor.execute("PRAGMA database_list")):
+            return  # a store being made (_make_sqlite_store): its file alone must hold what is committed
         if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() not in ("wal", "memory"):
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -90,13 +94,17 @@ def _sqlite_wal(dbapi_connection, connection_record) -> None:  # noqa: ARG001 - 
         cursor.close()
 
 
+#: A new SQLite store is made in a file of this suffix beside it, then put in its place complete.
+MAKING_SUFFIX = ".making"
+
+
 @contextlib.contextmanager
 def _creating_sqlite_store(uri: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the SQLite file of ``uri`` (created empty if missing) while MLflow opens it.
+    """Hold an exclusive ``flock`` on the SQLite file of ``uri`` (created empty if missing) while MLflow opens it,
+    and make the store first if the file is empty (:func:`_make_sqlite_store`).
 
-    MLflow creates a new store's tables (an alembic migration) when it first opens a file without them. Two
-    processes doing that at once (two sweeps started together on a new store) both migrate, and one of them fails
-    ("Online migration expected to match one row"). Under the lock the second one finds the tables there. SQLite
+    Two processes making a new store at once (two sweeps started together) would both migrate it, and one of them
+    fail ("Online migration expected to match one row"). Under the lock the second one finds the store made. SQLite
     locks with ``fcntl`` byte-range locks, which ``flock`` does not touch: readers and writers of the store (``mlflow
     ui``, a running sweep) never wait for this lock, only another process opening the store through it.
     """
@@ -107,9 +115,38 @@ def _creating_sqlite_store(uri: str) -> Iterator[None]:
     with open(path, "ab") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            if path.stat().st_size == 0:  # new (or left empty by an interrupted start): not yet a store
+                _make_sqlite_store(path)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _make_sqlite_store(path: Path) -> None:
+    """Make MLflow's tables in a file beside ``path``, then put a copy in its place, complete, by a rename.
+
+    MLflow creates a store's tables in many committed steps (its schema migrations). Killed or out of space half-way
+    in the store itself, they would leave it at an in-between schema that MLflow can never open again ("table ...
+    already exists"). Made beside it, an interruption leaves at most that file (``.<name>.making``), which the next
+    sweep removes and makes again; ``path`` is either empty or a whole store. The file beside it is made without
+    write-ahead log (see :func:`_sqlite_wal`), so once MLflow has made it the file alone holds every table; it is
+    copied rather than renamed because MLflow keeps a connection to it open.
+    """
+    making = path.with_name(f".{path.name}{MAKING_SUFFIX}")
+    made = path.with_name(f".{path.name}.made")
+    for stale in (making, Path(f"{making}-journal"), made):
+        stale.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{making}")  # makes the tables
+    shutil.copyfile(making, made)
+    with open(made, "rb") as copy:
+        os.fsync(copy.fileno())
+    os.replace(made, path)
+    making.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself is durable
+    finally:
+        os.close(directory)
 
 
 # --- the identity of this driver, to tell live sweeps from orphans -------------------------------------------
