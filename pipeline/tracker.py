@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
-import shutil
 import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def _sqlite_wal(dbapi_connection, connection_record) -> None:  # noqa: ARG001 - 
         return
     cursor = dbapi_connection.cursor()
     try:
-        if any(str(row[2]).endswith(MAKING_SUFFIX) for row in cursor.execute("PRAGMA database_list")):
+        if any(MAKING_SUFFIX in Path(row[2]).name for row in cursor.execute("PRAGMA database_list")):
             return  # a store being made (_make_sqlite_store): its file alone must hold what is committed
         if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() not in ("wal", "memory"):
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -123,25 +124,32 @@ def _creating_sqlite_store(uri: str) -> Iterator[None]:
 
 
 def _make_sqlite_store(path: Path) -> None:
-    """Make MLflow's tables in a file beside ``path``, then put a copy in its place, complete, by a rename.
+    """Make MLflow's tables in a new file beside ``path``, then rename it into place, complete.
 
     MLflow creates a store's tables in many committed steps (its schema migrations). Killed or out of space half-way
     in the store itself, they would leave it at an in-between schema that MLflow can never open again ("table ...
-    already exists"). Made beside it, an interruption leaves at most that file (``.<name>.making``), which the next
-    sweep removes and makes again; ``path`` is either empty or a whole store. The file beside it is made without
-    write-ahead log (see :func:`_sqlite_wal`), so once MLflow has made it the file alone holds every table; it is
-    copied rather than renamed because MLflow keeps a connection to it open.
+    already exists"). Made beside it, an interruption leaves at most that file (``.<name>.making-<id>``), which the
+    next sweep removes before it makes the store again; ``path`` is either empty or a whole store. The file beside it
+    is made without write-ahead log (see :func:`_sqlite_wal`), and MLflow's connections to it are closed before the
+    rename, so the renamed file alone holds every table.
     """
-    making = path.with_name(f".{path.name}{MAKING_SUFFIX}")
-    made = path.with_name(f".{path.name}.made")
-    for stale in (making, Path(f"{making}-journal"), made):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}{MAKING_SUFFIX}*"):
         stale.unlink(missing_ok=True)
-    MlflowClient(tracking_uri=f"sqlite:///{making}")  # makes the tables
-    shutil.copyfile(making, made)
-    with open(made, "rb") as copy:
-        os.fsync(copy.fileno())
-    os.replace(made, path)
-    making.unlink()
+    making = path.with_name(f".{path.name}{MAKING_SUFFIX}-{uuid.uuid4().hex[:8]}")
+    engines: list[Engine] = []
+
+    def keep(connection) -> None:
+        if str(connection.engine.url.database) == str(making):
+            engines.append(connection.engine)
+
+    event.listen(Engine, "engine_connect", keep)
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{making}")  # makes the tables
+    finally:
+        event.remove(Engine, "engine_connect", keep)
+    for engine in engines:
+        engine.dispose()  # its pooled connections closed: nothing refers to the file by its old name
+    os.replace(making, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself is durable

@@ -15,6 +15,7 @@ import textwrap
 from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
 
 from pipeline.tracker import MAKING_SUFFIX, Tracker
 from tests.sweep_helpers import SMALL, finished_counts, run_sweep, sweep_env
@@ -41,7 +42,7 @@ KILL_AT_STEPS = textwrap.dedent("""
 
             @event.listens_for(Engine, "commit")
             def _count(conn):
-                if str(conn.engine.url.database).endswith(MAKING_SUFFIX):
+                if MAKING_SUFFIX in str(conn.engine.url.database):
                     commits[0] += 1
                     os.write(write, b".")
                     if commits[0] == kill_at:
@@ -66,18 +67,35 @@ KILL_AT_STEPS = textwrap.dedent("""
 def test_at_every_step_of_making_a_store_its_file_is_still_empty(tmp_path):
     path = tmp_path / "mlflow.db"
     sizes = []
+    opened, closed = set(), {}
+
+    def size() -> int | None:
+        return path.stat().st_size if path.exists() else None
 
     def look(conn):
-        if str(conn.engine.url.database).endswith(MAKING_SUFFIX):  # a step of making it (then it is opened)
-            sizes.append(path.stat().st_size if path.exists() else None)
+        if MAKING_SUFFIX in str(conn.engine.url.database):  # a step of making it (then it is opened)
+            sizes.append(size())
 
-    event.listen(Engine, "commit", look)
+    def on_connect(dbapi_connection, record):  # noqa: ARG001 - SQLAlchemy's signature
+        if MAKING_SUFFIX in dbapi_connection.execute("PRAGMA database_list").fetchone()[2]:
+            opened.add(id(dbapi_connection))
+
+    def on_close(dbapi_connection, record):  # noqa: ARG001
+        if id(dbapi_connection) in opened:
+            closed[id(dbapi_connection)] = size()
+
+    listeners = [(Engine, "commit", look), (Pool, "connect", on_connect), (Pool, "close", on_close)]
+    for target, name, fn in listeners:
+        event.listen(target, name, fn)
     try:
         Tracker(f"sqlite:///{path}")
     finally:
-        event.remove(Engine, "commit", look)
+        for target, name, fn in listeners:
+            event.remove(target, name, fn)
     assert len(sizes) >= 50  # MLflow's schema steps, each committed
     assert set(sizes) == {0}  # a kill at any of them leaves the store's file empty: not yet a store
+    # every connection to the file being made was closed before it took the store's place
+    assert opened and set(closed) == opened and set(closed.values()) == {0}
     assert check_store(f"sqlite:///{path}", write=True).exists
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("mlflow.db")) == []  # nothing beside it
     assert MlflowClient(f"sqlite:///{path}").get_experiment("0").name == "Default"
@@ -96,7 +114,7 @@ def test_a_store_killed_at_any_step_of_its_making_is_made_again_and_the_sweep_co
     assert len(seen) >= 9
     for s in seen:  # killed at that step, and the store's file still empty
         assert s["signal"] == signal.SIGKILL and s["commits"] == s["step"] and s["size"] == 0, s
-    assert (tmp_path / f".mlflow.db{MAKING_SUFFIX}").exists()  # what the last kill left beside it
+    assert list(tmp_path.glob(f".mlflow.db{MAKING_SUFFIX}-*"))  # what the last kill left beside it
 
     done = run_sweep(*SMALL, "--tracking-uri", uri, "--experiment", "made", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
