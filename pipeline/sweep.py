@@ -11,6 +11,7 @@ import argparse
 import faulthandler
 import functools
 import gc
+import logging
 import math
 import os
 import shlex
@@ -195,6 +196,7 @@ class Outcome:
     failed: int = 0
     killed: int = 0
     yielded: int = 0
+    created: int = 0  # runs this sweep created in the store
     retried: int = 0
     diverged: int = 0
     failures: list = field(default_factory=list)
@@ -214,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
     else:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # MLflow's SQL store logs each failed statement with its traceback (ERROR) before it raises; the sweep says
+        # what failed itself, in one line (a retry, or the error it ends with).
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # `kill -USR1 <pid>` prints where every thread of the driver is: for a sweep that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
@@ -616,6 +621,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         **node_tags,
     }
     outcome = Outcome()
+    planned = len(todo)  # trials this sweep is to record: each ends FINISHED, FAILED, or left to another sweep
     active: dict = {}
     bar = tqdm(total=len(todo), unit="trial", desc="trials", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
@@ -637,6 +643,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
         """Create the trial's RUNNING run (its task is already submitted); None if another sweep has it."""
         tags = dict(static_tags, trial_key=key, **cell_tags(config, plan.axes), heartbeat=f"{time.time():.0f}")
         run_id, start_time = tracker.create_run(exp_id, run_name(config, plan.axes), tags)
+        outcome.created += 1
         mine = tracking.RunInfo(run_id, key, "RUNNING", start_time, sweep_id, driver, time.time())
         if tracking.winner(mine, rivals_of(key), args.orphan_timeout) is not None:
             leave(gen)
@@ -798,7 +805,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                         bar.update(1)
             if unchecked and (not active or time.monotonic() >= check_due["at"]):
                 finish_checked()
-    except (KeyboardInterrupt, tracking.TrackingUnavailable) as exc:
+    except (KeyboardInterrupt, tracking.TrackingUnavailable, tracking.StoreRefused) as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         bar.close()
         # The tasks still running are not cancelled (see `leave`): they stop with Ray when the sweep ends, right
@@ -817,9 +824,12 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
                 tracker.end_run(r.run_id, "KILLED" if interrupted else "FAILED",
                                 "interrupted; rerun the sweep to finish this trial" if interrupted
                                 else f"tracking store unavailable: {exc}")
-        except tracking.TrackingUnavailable:
+        except (tracking.TrackingUnavailable, tracking.StoreRefused):
             ended = False
         resume = "python -m pipeline.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        # counted from what is known to be in the store, not from where the trials were when it failed: one being
+        # claimed or ended then is in neither list
+        unrecorded = planned - outcome.finished - outcome.failed - outcome.yielded
         if interrupted:
             unfinished = (f"{len(ours)} stopped and ended KILLED" if ended else
                           f"the unfinished ones stopped; MLflow at {uri} is unavailable, so their runs stay "
@@ -827,10 +837,16 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             _say(f"\nInterrupted: {outcome.finished} trial(s) finished, {unfinished}. "
                  f"Resume with the same command: {resume}")
             return EXIT_INTERRUPTED
+        if isinstance(exc, tracking.StoreRefused):
+            if not outcome.created:
+                _say(f"python -m pipeline.sweep: error: {exc.what}; nothing was recorded ({exc.fix})")
+                return EXIT_USAGE
+            _say(f"\nerror: {exc.what}. {_recorded(outcome)}; {unrecorded} were not (runs left RUNNING are ended as "
+                 f"orphans by the next sweep). To finish them: {exc.fix}: {resume}")
+            return 1
         _say(f"\nerror: MLflow at {uri} stayed unavailable for {args.tracking_retry:.0f}s ({exc}). "
-             f"{outcome.finished} trial(s) were recorded; {len(active) + len(unchecked) + len(todo)} were not "
-             f"(runs left RUNNING are ended as orphans by the next sweep). "
-             f"Rerun the same command to finish them: {resume}")
+             f"{_recorded(outcome)}; {unrecorded} were not (runs left RUNNING are ended as orphans by the next "
+             f"sweep). Rerun the same command to finish them: {resume}")
         return 1
     finally:
         for sig, handler in previous.items():
@@ -857,6 +873,16 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     _say(f"Open the runs: {ui}")
     # A diverged trial is a result of the experiment (recorded FAILED with its reason), not a fault of the run.
     return 1 if outcome.failed > outcome.diverged else 0
+
+
+def _recorded(outcome: Outcome) -> str:
+    """``3 trial(s) were recorded`` (FINISHED, or FAILED with their reason), and how many were left to another sweep."""
+    text = f"{outcome.finished + outcome.failed} trial(s) were recorded"
+    if outcome.failed:
+        text += f" ({outcome.finished} FINISHED, {outcome.failed} FAILED)"
+    if outcome.yielded:
+        text += f", {outcome.yielded} left to a concurrent sweep"
+    return text
 
 
 def _task_error(exc: BaseException) -> str:

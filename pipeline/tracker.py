@@ -14,6 +14,7 @@ FINISHED, by which time both claims are visible to both sweeps, so exactly one o
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -30,7 +31,7 @@ from typing import TypeVar
 import psutil
 
 from pipeline.trials import UsageError
-from tracking.uri import sqlite_path
+from tracking.uri import display_store, sqlite_path
 
 # The MLflow client retries an unreachable server for minutes by default; our own retry loop decides instead.
 for _name, _value in (
@@ -145,10 +146,14 @@ def _make_sqlite_store(path: Path) -> None:
     event.listen(Engine, "engine_connect", keep)
     try:
         MlflowClient(tracking_uri=f"sqlite:///{making}")  # makes the tables
+    except BaseException:
+        for leftover in (making, Path(f"{making}-journal")):  # e.g. out of space: give the space back
+            leftover.unlink(missing_ok=True)
+        raise
     finally:
         event.remove(Engine, "engine_connect", keep)
-    for engine in engines:
-        engine.dispose()  # its pooled connections closed: nothing refers to the file by its old name
+        for engine in engines:
+            engine.dispose()  # its pooled connections closed: nothing refers to the file by its old name
     os.replace(making, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
@@ -217,6 +222,46 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store kept failing for longer than the retry budget."""
 
 
+class StoreRefused(UsageError):
+    """The tracking store refused a write that no retry can make succeed: its disk is full, it is read-only, or it
+    is not (or no longer) a database. Told at once, as one line with its fix, never retried."""
+
+
+#: What a store (SQLite, the OS, or a server passing its database's words on) says when retrying cannot help:
+#: (words, what it means, the fix).
+REFUSALS = (
+    (("database or disk is full", "no space left on device"), "its disk is full",
+     "free space where the store is, then rerun the same command"),
+    (("disk quota exceeded",), "its disk quota is used up", "free space in your quota, then rerun the same command"),
+    (("readonly database", "read-only file system"), "it is read-only",
+     "make it writable, or pass another --tracking-uri"),
+    (("file is not a database", "database disk image is malformed"), "it is not a whole database",
+     "restore it from a backup, or pass another --tracking-uri"),
+)
+_REFUSING_ERRNOS = {errno.ENOSPC: 0, errno.EDQUOT: 1, errno.EROFS: 2}
+
+
+def refusal(exc: BaseException) -> tuple[str, str] | None:
+    """(what it means, the fix) when ``exc`` says the store can take no more writes whatever the wait; else None."""
+    if isinstance(exc, OSError) and exc.errno in _REFUSING_ERRNOS:
+        _, meaning, fix = REFUSALS[_REFUSING_ERRNOS[exc.errno]]
+        return meaning, fix
+    text = str(exc).lower()
+    for words, meaning, fix in REFUSALS:
+        if any(w in text for w in words):
+            return meaning, fix
+    return None
+
+
+def refused(uri: str, what: str, exc: BaseException) -> StoreRefused | None:
+    """The :class:`StoreRefused` for ``exc``, if it is a refusal (see :func:`refusal`)."""
+    found = refusal(exc)
+    if found is None:
+        return None
+    meaning, fix = found
+    return StoreRefused(f"MLflow at {display_store(uri)} cannot {what}: {meaning} ({_one_line(exc)})", fix)
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Connection problems, server errors and a busy SQLite file are worth retrying; client errors are not."""
     if isinstance(exc, MlflowException):
@@ -230,8 +275,13 @@ class Tracker:
 
     def __init__(self, uri: str, retry_seconds: float = 120.0, on_retry: Callable[[str], None] | None = None):
         self.uri = uri
-        with _creating_sqlite_store(uri):  # the client opens its store (creating its tables in a new one)
-            self.client = MlflowClient(tracking_uri=uri)
+        try:
+            with _creating_sqlite_store(uri):  # the client opens its store (creating its tables in a new one)
+                self.client = MlflowClient(tracking_uri=uri)
+        except Exception as exc:
+            if (refusing := refused(uri, "open or make its store", exc)) is not None:
+                raise refusing from exc
+            raise
         self.retry_seconds = retry_seconds
         self.on_retry = on_retry
         self.retries = 0
@@ -250,6 +300,8 @@ class Tracker:
                 result = fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 self.seconds += time.perf_counter() - started
+                if (refusing := refused(self.uri, what, exc)) is not None:
+                    raise refusing from exc
                 if not _is_transient(exc) or time.monotonic() + delay > deadline:
                     if _is_transient(exc):
                         raise TrackingUnavailable(f"{what}: {_one_line(exc)}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -89,3 +90,29 @@ def test_ctrl_c_while_the_server_is_down_stops_at_once_and_the_next_sweep_finish
     assert f"Ended {len(left)} orphaned RUNNING run(s)" in again.stderr
     counts = finished_counts(server.url, "down")
     assert len(counts) == 4 and set(counts.values()) == {1}
+
+
+def test_a_server_down_past_the_retry_budget_ends_the_sweep_with_the_exact_count(fashion_mnist_dir, tmp_path, server):
+    """The count of trials not recorded is what the store lacks, also for a trial being claimed or ended just then."""
+    args = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
+            "--seeds", "0-3", "--epochs", "30", "--train-size", "500", "--test-size", "100", "--flush-seconds", "0.2",
+            "--workers", "2", "--tracking-uri", server.url, "--experiment", "gone", "--tracking-retry", "2"]
+    sweep = SweepProcess(*args, cwd=tmp_path)
+    try:
+        sweep.wait_started()
+        deadline = time.monotonic() + 120
+        while sum(r.info.status == "FINISHED" for r in trial_runs(server.url, "gone")) < 2:
+            assert time.monotonic() < deadline and sweep.proc.poll() is None, sweep.output
+            time.sleep(0.05)
+        server.stop(kill=True)
+        code = sweep.wait(120)
+    finally:
+        sweep.kill()
+        if not server.running:
+            server.start()
+    assert code == 1, sweep.output
+    found = re.search(r"stayed unavailable for 2s .*\. (\d+) trial\(s\) were recorded; (\d+) were not", sweep.output)
+    assert found, sweep.output
+    recorded, not_recorded = int(found.group(1)), int(found.group(2))
+    assert recorded == len(finished_counts(server.url, "gone")) >= 2
+    assert recorded + not_recorded == 16
