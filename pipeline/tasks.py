@@ -5,6 +5,9 @@ is measured, so the driver can show progress in the MLflow UI while the trial tr
 it again; training is deterministic and the grouping is an argument of the task, so the retry yields the very same
 items and Ray drops the ones the driver already has: the driver sees every epoch exactly once.
 
+Its first item, yielded as it starts, only says where it runs. A retry then always shows: the driver has that item
+from the first worker and the rest from another, however few epochs the first one had measured.
+
 Why groups: every streamed item is an object Ray stores, reports and hands to the driver (about 0.4 ms of CPU on
 the two sides). A default trial measures an epoch every 30 ms, so one item per epoch would cost more than its
 logging is worth; the driver picks the group size so that an item comes about once per ``--flush-seconds``.
@@ -55,7 +58,8 @@ def _node() -> dict[str, str]:
 def train_trial(config: dict, data: tuple, epochs_per_item: int = 1) -> Iterator[dict]:
     """Train ``config`` on ``data`` = (x_train, t_train, x_test, t_test) and yield its progress.
 
-    Yields ``{"epochs": [(epoch, metrics, time_ms), ...], "node": {...}}`` each time ``epochs_per_item`` epochs
+    Yields ``{"epochs": [], "node": {...}}`` as it starts, then
+    ``{"epochs": [(epoch, metrics, time_ms), ...], "node": {...}}`` each time ``epochs_per_item`` epochs
     (of 0..epochs) are measured, and last ``{"epochs": [the rest], "done": True, "seconds": compute_seconds,
     "cpu_seconds": its thread's CPU time, "minor_faults": its page faults, "diverged_at": epoch or None,
     "node": {...}}``. Which epochs go in which item depends only on the arguments,
@@ -64,6 +68,7 @@ def train_trial(config: dict, data: tuple, epochs_per_item: int = 1) -> Iterator
     if isinstance(epochs_per_item, bool) or not isinstance(epochs_per_item, int) or epochs_per_item < 1:
         raise ValueError(f"epochs_per_item must be a positive integer, got {epochs_per_item!r}")
     node = _node()
+    yield {"epochs": [], "node": node}  # where it runs, before anything else: a later retry is seen (module doc)
     keep_freed_memory()  # its malloc keeps what a trial frees: 4-7 % of the trials' CPU (pipeline.malloc)
     diverged_at = None
     pending: list[tuple[int, dict, int]] = []

@@ -66,6 +66,30 @@ def test_a_worker_killed_mid_trial_is_retried_and_logged_exactly_once(fashion_mn
     assert len(trial_runs(uri, "kill-worker")) == 4  # the retried task kept its one run
 
 
+def test_a_worker_killed_before_its_trial_sent_an_epoch_is_recorded_as_retried(fashion_mnist_dir, tmp_path):
+    """After the first trials (one item per epoch) the driver asks for an item per --flush-seconds: 30 s here, so
+    every later trial sends its epochs in one item at its end. A worker killed while it trains such a trial has sent
+    nothing but where it runs; its retry is recorded all the same."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*SLOW, "--epochs", "80", "--flush-seconds", "30", "--seeds", "0", "--tracking-uri", uri,
+            "--experiment", "kill-early"]
+    sweep = SweepProcess(*args, cwd=tmp_path)
+    try:
+        sweep.wait_started()
+        # all 4 runs claimed: the two first trials have ended, the two last train, each to send one item
+        workers = _wait_for(lambda: len(trial_runs(uri, "kill-early")) == 4 and trial_workers(), 120,
+                            "the last two trials to start")
+        workers[0].kill()
+        code = sweep.wait(300)
+    finally:
+        sweep.kill()
+    assert code == 0, sweep.output
+    _assert_each_trial_finished_once_with_full_history(uri, "kill-early", 4, 80)
+    attempts = sorted(r.data.tags.get("task_attempts", "1") for r in trial_runs(uri, "kill-early"))
+    assert attempts == ["1", "1", "1", "2"], sweep.output
+    assert "1 retried after losing their worker" in sweep.output
+
+
 def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_reruns(fashion_mnist_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [*SLOW, "--seeds", "0-1", "--tracking-uri", uri, "--experiment", "kill-driver"]

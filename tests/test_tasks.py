@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import psutil
@@ -119,10 +120,12 @@ def test_items_group_the_epochs_as_asked_and_carry_the_in_process_results(local_
     items = _items(config, data, per_item)
     groups = [[epoch for epoch, _, _ in item["epochs"]] for item in items]
     epochs = list(range(config["epochs"] + 1))
-    # full groups of per_item while epochs last, the rest (possibly none) with the final "done" item
-    expected = [epochs[i : i + per_item] for i in range(0, len(epochs) - len(epochs) % per_item, per_item)]
+    # where it runs as it starts, then full groups of per_item while epochs last, the rest (possibly none) with the
+    # final "done" item
+    expected = [[], *(epochs[i : i + per_item] for i in range(0, len(epochs) - len(epochs) % per_item, per_item))]
     expected.append(epochs[len(epochs) - len(epochs) % per_item :])
     assert groups == expected
+    assert items[0] == {"epochs": [], "node": items[-1]["node"]}
     assert ["done" in item for item in items] == [False] * (len(items) - 1) + [True]
     assert items[-1]["diverged_at"] is None and items[-1]["seconds"] > 0
     measured = [record for item in items for _, record, _ in item["epochs"]]
@@ -179,3 +182,18 @@ def test_a_worker_killed_mid_trial_is_retried_and_every_epoch_arrives_once(local
     assert epochs == list(range(config["epochs"] + 1))
     measured = [record for item in items for _, record, _ in item["epochs"]]
     assert measured == _in_process(config, data)
+
+
+def test_a_worker_killed_before_it_sent_an_epoch_shows_as_a_retry(local_ray):
+    """The first item says where the task runs before it trains: a retry is seen even when the first worker had
+    measured epochs but sent none of them (here the whole trial is one group)."""
+    config, data = _config(epochs=150, train_size=300), _data()
+    gen = train_trial.remote(config, ray.put(data), 1000)
+    first = ray.get(next(gen))
+    assert first["epochs"] == []
+    time.sleep(0.3)  # epochs measured, none sent
+    os.kill(int(first["node"]["pid"]), signal.SIGKILL)
+    items = [first] + [ray.get(ref) for ref in gen]
+    assert len(items) == 2 and items[-1]["done"]
+    assert items[-1]["node"]["pid"] != first["node"]["pid"]  # the driver sees two workers: the task was retried
+    assert [epoch for epoch, _, _ in items[-1]["epochs"]] == list(range(config["epochs"] + 1))
