@@ -7,10 +7,12 @@ tmpfs) goes away.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shlex
+import sqlite3
 import subprocess
 import textwrap
 
@@ -92,3 +94,35 @@ python look.py "$DISK/mlflow.db"
     assert second.startswith("0\n"), out
     assert f"{N_TRIALS - recorded} run, {recorded} skipped as already FINISHED" in second
     assert after_rerun["integrity"] == "ok" and after_rerun["statuses"]["FINISHED"] == N_TRIALS
+
+
+def test_what_no_retry_can_fix_is_told_apart_from_an_outage(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracker import StoreRefused, Tracker, refusal
+
+    full = ("its disk is full", "free space where the store is, then rerun the same command")
+    assert refusal(OSError(errno.ENOSPC, "No space left on device")) == full
+    assert refusal(MlflowException("(sqlite3.OperationalError) database or disk is full")) == full
+    assert refusal(OSError(errno.EDQUOT, "Disk quota exceeded"))[0] == "its disk quota is used up"
+    assert refusal(OSError(errno.EROFS, "Read-only file system"))[0] == "it is read-only"
+    assert refusal(MlflowException("attempt to write a readonly database"))[0] == "it is read-only"
+    assert refusal(sqlite3.DatabaseError("file is not a database"))[0] == "it is not a whole database"
+    for outage in (ConnectionError("Connection refused"), TimeoutError(), MlflowException("API request failed: 503"),
+                   sqlite3.OperationalError("database is locked"), OSError(errno.ECONNRESET, "reset")):
+        assert refusal(outage) is None, outage
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db", retry_seconds=600)
+    calls = []
+
+    def fails():
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        tracker.call("log batch", fails)
+    except StoreRefused as exc:
+        assert exc.what.endswith("cannot log batch: its disk is full (OSError: [Errno 28] No space left on device)")
+    else:
+        raise AssertionError("not refused")
+    assert calls == [1] and tracker.retries == 0  # told at once, within a retry budget of 600 s
