@@ -39,6 +39,7 @@ RUN pip install --no-compile --no-deps . \
     && pip check \
     && rm -rf build *.egg-info
 COPY docker/ray-driver.sh /usr/local/bin/ray-driver
+COPY docker/mlflow-server.sh /usr/local/bin/mlflow-server
 
 # Writable places of the non-root user: the served MLflow artifacts (a named volume takes this ownership) and
 # the analysis output.

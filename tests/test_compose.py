@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 PROJECT_SERVICES = ("mlflow", "ray-head", "ray-worker", "sweep", "analysis")
 RAY_SERVICES = ("ray-head", "ray-worker", "sweep")
-SECRETS = ("POSTGRES_PASSWORD", "RAY_AUTH_TOKEN")
+SECRETS = ("POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY")
 
 
 def docker_compose() -> str:
@@ -60,7 +60,8 @@ def compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
 
 def filled_env_file(folder: Path) -> tuple[Path, dict[str, str]]:
     """.env.example with fresh values for its empty secrets, as a user would make .env."""
-    values = {"POSTGRES_PASSWORD": secrets.token_urlsafe(24), "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    values = {"POSTGRES_PASSWORD": secrets.token_urlsafe(24), "RAY_AUTH_TOKEN": secrets.token_hex(32),
+              "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(24), "MLFLOW_SECRET_KEY": secrets.token_hex(32)}
     lines = []
     for line in (REPO / ".env.example").read_text().splitlines():
         key = line.split("=", 1)[0]
@@ -118,7 +119,7 @@ def test_compose_config_accepts_the_file_with_every_profile(tmp_path: Path):
 def test_compose_refuses_to_run_while_a_secret_of_env_example_is_empty():
     done = compose("config", env_file=REPO / ".env.example")
     assert done.returncode != 0
-    assert re.search(r"set (POSTGRES_PASSWORD|RAY_AUTH_TOKEN) in \.env", done.stderr), done.stderr
+    assert re.search(rf"set ({'|'.join(SECRETS)}) in \.env", done.stderr), done.stderr
 
 
 def test_secrets_are_placeholders_in_env_example_and_variables_in_the_compose_file():
@@ -186,6 +187,7 @@ def test_mlflow_serves_artifacts_from_postgres_without_the_password_in_its_comma
     config, values = rendered
     mlflow = config["services"]["mlflow"]
     command = _words(mlflow, "command")
+    assert command[0] == "mlflow-server"  # docker/mlflow-server.sh: authentication on
     uri = command[command.index("--backend-store-uri") + 1]
     assert re.fullmatch(r"postgresql\+psycopg2://mlflow@postgres:5432/mlflow", uri)
     assert "--serve-artifacts" in command
@@ -206,6 +208,24 @@ def test_ray_nodes_and_the_driver_share_the_token_and_only_they_get_it(rendered)
     for name in ("postgres", "mlflow", "analysis"):
         assert values["RAY_AUTH_TOKEN"] not in str(services[name]), name
     assert values["POSTGRES_PASSWORD"] not in str(services["analysis"])
+
+
+def test_mlflow_asks_for_a_login_that_only_the_sweep_and_the_analysis_get(rendered):
+    config, values = rendered
+    services = config["services"]
+    server = _env(services["mlflow"])
+    assert server["MLFLOW_AUTH_ADMIN_USERNAME"] == "bnsweep"
+    assert server["MLFLOW_AUTH_ADMIN_PASSWORD"] == values["MLFLOW_ADMIN_PASSWORD"]
+    assert server["MLFLOW_FLASK_SERVER_SECRET_KEY"] == values["MLFLOW_SECRET_KEY"]
+    assert server["BNSWEEP_AUTH_DATABASE_URI"] == "postgresql+psycopg2://mlflow@postgres:5432/mlflow"  # no password
+    for name in ("sweep", "analysis"):
+        env = _env(services[name])
+        assert env["MLFLOW_TRACKING_USERNAME"] == "bnsweep", name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == values["MLFLOW_ADMIN_PASSWORD"], name
+        assert values["MLFLOW_SECRET_KEY"] not in str(services[name]), name
+    for name in ("postgres", "ray-head", "ray-worker"):  # the Ray nodes run task code: no MLflow login there
+        assert values["MLFLOW_ADMIN_PASSWORD"] not in str(services[name]), name
+        assert values["MLFLOW_SECRET_KEY"] not in str(services[name]), name
 
 
 def test_ray_worker_scales_and_the_head_publishes_no_ray_port(rendered):

@@ -6,10 +6,14 @@ One topology serves the whole module (each test uses its own experiment); the no
 
 from __future__ import annotations
 
+import base64
+import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -40,11 +44,22 @@ LONG = [*GRID, "--epochs", "40", "--flush-seconds", "0.2"]
 
 @pytest.fixture(scope="module")
 def topo():
+    """The topology, its MLflow server's admin login in this process's environment while the module runs: the
+    sweeps and analyses it starts, and its own MlflowClient, log in as the deployment's do."""
     started = time.monotonic()
     with full_topology() as topology:
         topology.up_seconds = time.monotonic() - started
         print(f"\ntopology up in {topology.up_seconds:.1f} s", file=sys.stderr)
-        yield topology
+        saved = {k: os.environ.get(k) for k in topology.mlflow.login.env}
+        os.environ.update(topology.mlflow.login.env)
+        try:
+            yield topology
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _sweep_args(topo, experiment: str, grid: list[str]) -> list[str]:
@@ -79,6 +94,47 @@ def test_sweep_and_analysis_on_the_cluster_and_server(topo, tmp_path):
     stored = {p.name for p in topo.mlflow.artifacts_dir.rglob("*") if p.is_file()}
     assert {"grid.png", "difference.png", "summary.csv", "comparison.csv", "report.md"} <= stored, stored
     print(f"\nsweep + analysis on the topology: {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
+def _rest(url: str, path: str, auth: tuple[str, str] | None = None) -> int:
+    """The HTTP status of a POST to the server's REST API (a search: it writes nothing)."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(url + path, data=b'{"max_results": 1}', headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_server_lets_nobody_in_without_the_login(topo, tmp_path):
+    url, login = topo.mlflow.url, topo.mlflow.login
+    assert _rest(url, "/api/2.0/mlflow/experiments/search") == 401
+    assert _rest(url, "/api/2.0/mlflow/runs/search", ("intruder", "not-a-password-at-all")) == 401
+    assert _rest(url, "/api/2.0/mlflow/experiments/search", (login.username, "wrong-password-0")) == 401
+    assert _rest(url, "/api/2.0/mlflow/experiments/search", (login.username, login.password)) == 200
+    with urllib.request.urlopen(url + "/health", timeout=10) as reply:  # the health check needs no login
+        assert reply.status == 200
+
+    before = [e.experiment_id for e in MlflowClient(url).search_experiments()]
+    wrong = {"MLFLOW_TRACKING_USERNAME": login.username, "MLFLOW_TRACKING_PASSWORD": "wrong-password-0"}
+    cases = {"with a wrong password": topo.ray.subprocess_env(**wrong),
+             "without a login": {k: v for k, v in topo.ray.subprocess_env().items() if k not in login.env}}
+    for case, env in cases.items():
+        sweep = run_sweep(*_sweep_args(topo, "refused", SHORT), cwd=tmp_path, env=env)
+        analysis = subprocess.run([sys.executable, "-m", "analysis", "--experiment", "topology", "--tracking-uri",
+                                   url, "--out", str(tmp_path / "refused"), "--no-log"],
+                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        for out in (sweep, analysis):
+            assert out.returncode == 2, (case, out.stderr)
+            (line,) = [ln for ln in out.stderr.splitlines() if ln.strip()]
+            assert f"error: tracking server {url} refused " in line and "(HTTP 401: it asks for a login)" in line
+            assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in line, line  # the fix
+        assert "trials:" not in sweep.stderr, "no trial may start"
+    assert [e.experiment_id for e in MlflowClient(url).search_experiments()] == before  # nothing written
+    assert not (tmp_path / "refused").exists()
 
 
 def test_tracking_server_stopped_mid_sweep_and_restarted_loses_nothing(topo, tmp_path):

@@ -358,9 +358,29 @@ def postgres_server(dbname: str = "mlflow", topology_id: str | None = None) -> I
 # ------------------------------------------------------------------------------------------- MLflow server
 
 
+@dataclass(frozen=True)
+class MlflowLogin:
+    """The admin of a server with authentication on: what the deployment's ``.env`` gives it."""
+
+    username: str = "bnsweep-admin"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client (the sweep, the analysis, MlflowClient) needs in its environment to be let in."""
+        return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
+
+
+#: The deployment's MLflow server command (docker-compose.yml runs it too): MLflow's basic-auth app on.
+MLFLOW_SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "docker" / "mlflow-server.sh"
+
+
 @dataclass
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with a backend store and served artifacts; can stop and start again."""
+    """``mlflow server`` on 127.0.0.1 with a backend store and served artifacts; can stop and start again. With
+    ``login`` it runs as the deployment runs it (``docker/mlflow-server.sh``): authentication on, ``login`` its
+    admin, the users kept in the backend store's database."""
 
     backend_store_uri: str
     root: Path
@@ -368,6 +388,7 @@ class MlflowServer:
     marker: str
     workers: int = 1
     process: subprocess.Popen | None = None
+    login: MlflowLogin | None = None
 
     @property
     def url(self) -> str:
@@ -401,13 +422,21 @@ class MlflowServer:
         if self.running:
             raise TopologyError(f"MLflow server on port {self.port} is already running")
         self.artifacts_dir.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK, "--port", str(self.port),
-               "--backend-store-uri", self.backend_store_uri,
-               "--artifacts-destination", str(self.artifacts_dir), "--serve-artifacts",
-               "--workers", str(self.workers)]
+        args = ["--host", LOOPBACK, "--port", str(self.port), "--backend-store-uri", self.backend_store_uri,
+                "--artifacts-destination", str(self.artifacts_dir), "--serve-artifacts", "--workers", str(self.workers)]
+        extra: dict[str, str] = {}
+        if self.login is None:
+            cmd = [sys.executable, "-m", "mlflow", "server", *args]
+        else:
+            cmd = ["sh", str(MLFLOW_SERVER_SCRIPT), *args]
+            extra = {"PYTHON": sys.executable, "TMPDIR": str(self.root),
+                     "BNSWEEP_AUTH_DATABASE_URI": self.backend_store_uri,
+                     "MLFLOW_AUTH_ADMIN_USERNAME": self.login.username,
+                     "MLFLOW_AUTH_ADMIN_PASSWORD": self.login.password,
+                     "MLFLOW_FLASK_SERVER_SECRET_KEY": self.login.secret_key}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                            env=_process_env(self.marker), start_new_session=True)
+                                            env=_process_env(self.marker, extra), start_new_session=True)
         deadline = time.monotonic() + timeout
         while not self.healthy(timeout=2.0):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -427,12 +456,13 @@ class MlflowServer:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, workers: int = 1,
-                  topology_id: str | None = None) -> Iterator[MlflowServer]:
-    """A running MLflow tracking server on ``backend_store_uri`` with artifacts in its temp folder."""
+def mlflow_server(backend_store_uri: str, workers: int = 1, topology_id: str | None = None,
+                  login: MlflowLogin | None = None) -> Iterator[MlflowServer]:
+    """A running MLflow tracking server on ``backend_store_uri`` with artifacts in its temp folder (with ``login``:
+    authentication on, see :class:`MlflowServer`)."""
     root = _make_tmp("bns-mlf-")
     server = MlflowServer(backend_store_uri=backend_store_uri, root=root, port=free_port(),
-                          marker=f"{topology_id or _new_topology_id()}/mlflow", workers=workers)
+                          marker=f"{topology_id or _new_topology_id()}/mlflow", workers=workers, login=login)
     try:
         server.start()
         yield server
@@ -663,7 +693,8 @@ class Topology:
 
 @contextlib.contextmanager
 def full_topology(**ray_kwargs) -> Iterator[Topology]:
-    """PostgreSQL + MLflow server (on it) + Ray cluster; everything is stopped and removed on exit.
+    """PostgreSQL + MLflow server (on it, authentication on: ``topology.mlflow.login``) + Ray cluster; everything
+    is stopped and removed on exit.
 
     The Ray cluster starts in a thread while PostgreSQL and MLflow start in this one (it saves ~10 s).
     """
@@ -675,7 +706,7 @@ def full_topology(**ray_kwargs) -> Iterator[Topology]:
                 ray_started = pool.submit(ray_cm.__enter__)
                 try:
                     pg = stack.enter_context(postgres_server(topology_id=topo_id))
-                    mlf = stack.enter_context(mlflow_server(pg.url(), topology_id=topo_id))
+                    mlf = stack.enter_context(mlflow_server(pg.url(), topology_id=topo_id, login=MlflowLogin()))
                 finally:
                     ray = ray_started.result()  # a failed start has cleaned up after itself
                     stack.push(ray_cm.__exit__)

@@ -12,6 +12,8 @@ never write and never wait longer than their timeout.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shlex
@@ -86,10 +88,12 @@ def check_store(uri: str, *, write: bool, timeout: float = 5.0) -> Store:
     """What ``uri`` names, checked for use (``write``: the caller will write to it), or a :class:`StoreError`.
 
     Accepted: ``sqlite:///`` files (absent or empty only when ``write``: the sweep makes them), ``http(s)://`` MLflow
-    servers that answer ``/health``, and ``postgresql``/``mysql``/``mssql`` databases whose driver is installed and
-    whose host accepts a connection. Refused: in-memory SQLite, a folder, another application's SQLite database, a
-    file that is not SQLite, a read-only store or folder when writing, bare paths and ``file:`` (MLflow 3 deprecates
-    file stores), and every other scheme. Never writes; bounded by ``timeout`` seconds.
+    servers that answer ``/health`` and let the credentials of the environment (MLflow's ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD``, or ``MLFLOW_TRACKING_TOKEN``) search their experiments, and
+    ``postgresql``/``mysql``/``mssql`` databases whose driver is installed and whose host accepts a connection.
+    Refused: in-memory SQLite, a folder, another application's SQLite database, a file that is not SQLite, a read-only
+    store or folder when writing, bare paths and ``file:`` (MLflow 3 deprecates file stores), and every other scheme.
+    Never writes; bounded by ``timeout`` seconds.
     """
     scheme = _scheme(uri)
     if scheme == "sqlite":
@@ -168,19 +172,64 @@ def _sqlite_tables(path: Path, timeout: float) -> set[str]:
         raise StoreError(f"{path} is not a SQLite database ({exc})", "name another file with --tracking-uri") from None
 
 
-def _check_server(uri: str, timeout: float) -> None:
+def _status(request: urllib.request.Request | str, timeout: float, unreachable: StoreError) -> int:
+    """The HTTP status a server answers ``request`` with; ``unreachable`` raised when it answers none."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-            status = reply.status
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return reply.status
     except urllib.error.HTTPError as exc:
-        status = exc.code
+        return exc.code
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise StoreError(f"tracking server {uri} is unreachable: {reason}",
-                         "start it, or check --tracking-uri / MLFLOW_TRACKING_URI") from None
+        raise StoreError(f"{unreachable.what}: {reason}", unreachable.fix) from None
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    status = _status(uri.rstrip("/") + "/health", timeout,
+                     StoreError(f"tracking server {uri} is unreachable",
+                                "start it, or check --tracking-uri / MLFLOW_TRACKING_URI"))
     if status != 200:
         raise StoreError(f"tracking server {uri} is not healthy: GET /health returned {status}",
                          "check the server, or --tracking-uri")
+    _check_credentials(uri, timeout)
+
+
+#: MLflow's environment variables for a server's credentials (HTTP basic auth, or a bearer token).
+USERNAME, PASSWORD, TOKEN = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
+
+
+def _credentials() -> tuple[str | None, str]:
+    """(the Authorization header MLflow's client sends, as its environment gives it; who it names)."""
+    user, password, token = (os.environ.get(n) for n in (USERNAME, PASSWORD, TOKEN))
+    if user and password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return f"Basic {basic}", f"the user {user} ({USERNAME} and {PASSWORD})"
+    if token:
+        return f"Bearer {token}", f"the token of {TOKEN}"
+    return None, "no credentials"
+
+
+def _check_credentials(uri: str, timeout: float) -> None:
+    """A server with authentication on (``mlflow server --app-name basic-auth``) lets the credentials of the
+    environment read experiments: one search of MLflow's REST API, which writes nothing."""
+    header, who = _credentials()
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                                     data=json.dumps({"max_results": 1}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": header} if header else {})})
+    status = _status(request, timeout, StoreError(f"tracking server {uri} did not answer a search of its experiments",
+                                                  "check the server, or --tracking-uri"))
+    if status == 200:
+        return
+    if status == 401:
+        fix = (f"set {USERNAME} and {PASSWORD} to a user of that server" if header is None else
+               f"check {USERNAME} and {PASSWORD} (or {TOKEN}): they name no user of that server with that password")
+        raise StoreError(f"tracking server {uri} refused {who} (HTTP 401: it asks for a login)", fix)
+    if status == 403:
+        raise StoreError(f"tracking server {uri} does not let {who} read its experiments (HTTP 403)",
+                         "ask its admin for access, or use another user")
+    raise StoreError(f"tracking server {uri} failed a search of its experiments (HTTP {status})",
+                     "check the server, or --tracking-uri")
 
 
 def _check_database(uri: str, timeout: float) -> None:
