@@ -1,8 +1,8 @@
 """Bad input to ``python -m analysis``: one line ``python -m analysis: error: <what> (<fix>)``, exit 2, and nothing
 written: the store and every file beside it byte for byte as they were, no output folder made.
 
-Table-driven, on a copy of a real store (a small synthetic sweep, an experiment without finished trials and a deleted
-one) for each case.
+Table-driven (the real CLI, each case forked from one process that imported it: tests/forked_cli.py), on a copy of
+a real store (a small synthetic sweep, an experiment without finished trials and a deleted one) for each case.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.forked_cli import ForkedCli
 from tests.mlflow_fixtures import create_experiment, log_grid, make_store
 from tests.sweep_helpers import file_tree, on_read_only_folder, sweep_env
 from tests.topology import free_port
@@ -76,8 +77,15 @@ def store_file(tmp_path_factory) -> Path:
     return copy
 
 
+@pytest.fixture(scope="module")
+def analysis_cli():
+    """``python -m analysis``, each case forked from one process that has imported it (tests/forked_cli.py)."""
+    with ForkedCli("analysis", warm=("analysis.cli", "mlflow.tracking")) as cli:
+        yield cli
+
+
 @pytest.mark.parametrize(("options", "message"), CASES, ids=[" ".join(c[0])[:50] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(store_file, tmp_path, options, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(store_file, analysis_cli, tmp_path, options, message):
     shutil.copy(store_file, tmp_path / "mlflow.db")
     (tmp_path / "a-file").write_text("not a folder\n")
     (tmp_path / "empty").mkdir()
@@ -98,8 +106,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(store_file, tmp_path, o
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
     before = file_tree(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "analysis", *args], cwd=tmp_path, env=sweep_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = analysis_cli.run(*args, cwd=tmp_path)
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
     assert out.stdout == "" and "Traceback" not in out.stderr, out.stderr[-3000:]
     lines = out.stderr.splitlines()

@@ -1,9 +1,9 @@
 """Bad input: a one-line error that names the problem and its fix, exit code 2, and the store untouched.
 
-Table-driven: each case replaces one option of a small valid sweep (or adds one) and runs the real CLI on a copy of
-an MLflow store that already holds a finished sweep. It asserts exit 2, stderr a single line
-``python -m pipeline.sweep: error: <what> (<fix>)`` holding the expected words, no traceback, and every file of the
-store's folder byte for byte as it was (no file added, none changed).
+Table-driven: each case replaces one option of a small valid sweep (or adds one) and runs the real CLI (forked from
+one process that imported it: tests/forked_cli.py) on a copy of an MLflow store that already holds a finished sweep.
+It asserts exit 2, stderr a single line ``python -m pipeline.sweep: error: <what> (<fix>)`` holding the expected
+words, no traceback, and every file of the store's folder byte for byte as it was (no file added, none changed).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.forked_cli import ForkedCli
 from tests.sweep_helpers import FASHION_DIR, file_tree, on_read_only_folder, run_sweep, sweep_cmd, sweep_env
 from tests.topology import free_port
 
@@ -197,8 +198,15 @@ def _other_files(folder: Path) -> dict[str, str]:
 CASE_IDS = [" ".join(c[0])[:60] for c in CASES]
 
 
+@pytest.fixture(scope="module")
+def sweep_cli():
+    """``python -m pipeline.sweep``, each case forked from one process that has imported it (tests/forked_cli.py)."""
+    with ForkedCli("pipeline.sweep") as cli:
+        yield cli
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, filled_store, tmp_path, case):
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, filled_store, sweep_cli, tmp_path, case):
     bad, message, env = case if len(case) == 3 else (*case, {})
     port = free_port()
     store = tmp_path / "store"
@@ -213,7 +221,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, fil
     if "--tracking-uri" not in args:
         args += ["--tracking-uri", f"sqlite:///{store}/mlflow.db"]
     extra = {name: value.replace("{port}", str(port)) for name, value in env.items()}
-    out = run_sweep(*args, cwd=tmp_path, timeout=120, env=sweep_env(**extra))
+    out = sweep_cli.run(*args, cwd=tmp_path, env=sweep_env(**extra))
     message = message.replace("{port}", str(port))
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
     assert out.stdout == "" and "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -221,6 +229,14 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(fashion_mnist_dir, fil
     assert len(lines) == 1 and lines[0].startswith(PREFIX) and lines[0].endswith(")"), out.stderr
     assert message in lines[0], lines[0]
     assert file_tree(tmp_path) == before, "a bad input must not create or change a file"
+
+
+def test_the_forked_cli_answers_as_a_fresh_process(sweep_cli, tmp_path):
+    """The table's runner (tests/forked_cli.py) gives what ``python -m pipeline.sweep`` itself gives."""
+    for args in (["--workers", "0"], ["--seeds", "x", "--dry-run"], ["--tracking-uri", "sqlite:///", "--dry-run"]):
+        forked, fresh = sweep_cli.run(*args, cwd=tmp_path), run_sweep(*args, cwd=tmp_path)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+        assert fresh.returncode == 2
 
 
 def test_help_gives_each_option_one_default(tmp_path):
