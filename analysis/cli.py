@@ -49,6 +49,7 @@ from analysis.stats import (
     paired_comparison,
 )
 from analysis.store import cap_http_retries, check_tracking_uri, resolve_tracking_uri
+from tracking.names import RUN_KIND_ANALYSIS
 from tracking.uri import StoreError, check_experiment_name
 
 DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
@@ -211,7 +212,7 @@ def log_analysis_run(uri: str, experiment_id: str, files: list[Path], params: di
     client = MlflowClient(tracking_uri=uri)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     run = client.create_run(experiment_id, run_name=f"analysis {stamp}",
-                            tags={"run_kind": "analysis", "mlflow.note.content": description})
+                            tags={"run_kind": RUN_KIND_ANALYSIS, "mlflow.note.content": description})
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])

@@ -22,13 +22,14 @@ from analysis.facets import AXIS_PARAMS
 from analysis.histories import HistoryFetcher, is_server
 from analysis.scales import is_named, parse_scale, sort_by_scale, sort_scales
 from analysis.store import check_tracking_uri, resolve_tracking_uri
+from tracking.names import DIVERGED, METRICS, OPTIONAL_PARAMS, RUN_KIND_TRIAL
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("train_acc", "test_acc", "train_loss")
-TRIAL_FILTER = "tags.run_kind = 'trial' AND attributes.status = 'FINISHED'"
+TRIAL_FILTER = f"tags.run_kind = '{RUN_KIND_TRIAL}' AND attributes.status = 'FINISHED'"
 #: Trials whose loss became non-finite: the sweep ends them FAILED with this reason (a result, not a crash).
-DIVERGED_FILTER = "tags.run_kind = 'trial' AND attributes.status = 'FAILED' AND tags.failure_reason LIKE 'diverged%'"
+DIVERGED_FILTER = (f"tags.run_kind = '{RUN_KIND_TRIAL}' AND attributes.status = 'FAILED' AND tags.failure_reason "
+                   f"LIKE '{DIVERGED}%'")
 #: How the statistics count a diverged trial (``--diverged``): ``count`` (the default) as the net that failed to
 #: learn, ``exclude`` left out (the behaviour before policies, for a sensitivity check).
 DIVERGED_POLICIES = ("count", "exclude")
@@ -44,8 +45,6 @@ PARAM_TYPES = {
     "optimizer": "str", "dataset": "str", "hidden_size_list": "str", "activation": "str", "dtype": "str",
     "weight_decay": "float", "dropout": "float",
 }
-#: Params a trial holds only when they differ from these (the sweep leaves them out at their defaults).
-OPTIONAL_PARAMS = {"weight_decay": 0.0, "dropout": 0.0}
 REQUIRED_PARAMS = ("weight_scale", "use_batchnorm", "seed")
 LEADING_COLUMNS = ("run_id", "trial_key", "weight_scale", "use_batchnorm", "seed", "epoch")
 RUN_COLUMNS = ("run_name", "start_time", "sweep_id", "code_version")

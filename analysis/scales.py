@@ -3,7 +3,8 @@
 The sweep's ``--weight-scales`` takes both: ``0.01`` draws every weight from N(0, 0.01^2); ``he`` uses
 sqrt(2 / fan_in) (He et al. 2015, for ReLU) and ``xavier`` sqrt(1 / fan_in) (Glorot & Bengio 2010). The tidy frame
 keeps the param as it is: its ``weight_scale`` column holds floats, and, when a store has runs of a named scale,
-those names beside them (an object column). Numbers sort before names; names sort in :data:`NAMED_SCALES` order.
+those names beside them (an object column). Numbers sort before names; names sort in the order of
+``tracking.names.NAMED_SCALES``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-#: The named scales the sweep accepts (pipeline.trials.NAMED_SCALES), in the order tables and figures show them.
-NAMED_SCALES = ("he", "xavier")
+from tracking.names import NAMED_SCALES
+
 NAMED_LABELS = {"he": "He", "xavier": "Xavier"}
 
 Scale = float | str
@@ -25,7 +26,7 @@ def is_named(w: Scale) -> bool:
 
 
 def parse_scale(text: str) -> Scale:
-    """A run's weight_scale param: a positive finite number, or one of :data:`NAMED_SCALES`; else ValueError."""
+    """A run's weight_scale param: a positive finite number, or one of the named scales; else ValueError."""
     name = str(text).strip().lower()
     if name in NAMED_SCALES:
         return name

@@ -38,6 +38,7 @@ from scipy import stats as sps
 
 from analysis.scales import Scale
 from analysis.sequences import difference_cs
+from tracking.names import METRICS
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -81,7 +82,7 @@ def _long(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
                    var_name="metric", value_name="value")
 
 
-def arm_summary(df: pd.DataFrame, metrics: Sequence[str] = ("train_acc", "test_acc", "train_loss"),
+def arm_summary(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
                 confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Per (weight_scale, use_batchnorm, metric, epoch): n, mean, std (ddof=1), sem, t interval, note.
 
@@ -97,7 +98,7 @@ def arm_summary(df: pd.DataFrame, metrics: Sequence[str] = ("train_acc", "test_a
     return out[order].sort_values([*ARM_KEYS, "metric", "epoch"], kind="mergesort").reset_index(drop=True)
 
 
-def final_values(df: pd.DataFrame, metrics: Sequence[str] = ("train_acc", "test_acc", "train_loss")
+def final_values(df: pd.DataFrame, metrics: Sequence[str] = METRICS
                  ) -> pd.DataFrame:
     """One row per run: its final epoch (largest logged step) and the metric values there."""
     last = df.groupby("run_id", sort=False)["epoch"].transform("max")

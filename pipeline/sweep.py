@@ -42,6 +42,7 @@ from pipeline.trials import (
     value_text,
 )
 from pipeline.validate import check_args, dataset_usage_error
+from tracking.names import DIVERGED, RUN_KIND_TRIAL
 from tracking.uri import mlflow_ui_command
 
 DEFAULT_EXPERIMENT = "batchnorm-weight-scale"
@@ -362,11 +363,10 @@ def _rounds(args: argparse.Namespace, uri: str, cpus: int, checked, loaded: tupl
 
 def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
     """(FINISHED keys, keys that diverged and have no FINISHED run); diverged ones count as settled unless retried."""
-    from pipeline import tracker as tracking
 
     finished = {r.trial_key for r in runs if r.status == "FINISHED"}
     diverged = {r.trial_key for r in runs if r.status == "FAILED"
-                and r.failure_reason.startswith(tracking.DIVERGED)} - finished
+                and r.failure_reason.startswith(DIVERGED)} - finished
     return finished, (set() if retry_diverged else diverged)
 
 
@@ -610,7 +610,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
     # each, and the tags' one is about 1.4 ms of the 18 ms MLflow costs a trial here (benchmarks/bench_logging.py).
     node_tags = cluster.single_node()
     static_tags = {
-        "run_kind": tracking.RUN_KIND_TRIAL,
+        "run_kind": RUN_KIND_TRIAL,
         "sweep_id": sweep_id,
         "dataset": args.dataset,
         "dataset_sha256": plan.checksum,
@@ -757,7 +757,7 @@ def _sweep(args, uri: str, cpus: int, plan: Plan, started: float, ray_seconds: f
             epoch_seconds.append(item["seconds"] / len(state.epochs_logged))
         if item["diverged_at"] is not None:
             outcome.diverged += 1
-            return "FAILED", f"{tracking.DIVERGED}: train_loss is not finite at epoch {item['diverged_at']}"
+            return "FAILED", f"{DIVERGED}: train_loss is not finite at epoch {item['diverged_at']}"
         if len(state.epochs_logged) != state.config["epochs"] + 1:
             return "FAILED", f"only {len(state.epochs_logged)} of {state.config['epochs'] + 1} epochs arrived"
         return "FINISHED", None

@@ -31,6 +31,7 @@ from typing import TypeVar
 import psutil
 
 from pipeline.trials import UsageError
+from tracking.names import RUN_KIND_TRIAL
 from tracking.uri import display_store, sqlite_path
 
 # The MLflow client retries an unreachable server for minutes by default; our own retry loop decides instead.
@@ -52,10 +53,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-RUN_KIND_TRIAL = "trial"
-#: ``failure_reason`` of a trial whose loss became non-finite: a deterministic outcome of its config and seed.
-DIVERGED = "diverged"
-METRIC_NAMES = ("train_acc", "test_acc", "train_loss")
 #: Tags of the experiment a sweep creates: its description in the UI, and MLflow 3's experiment kind "Model
 #: training" (the UI still opens an experiment by the ``workflowType`` of its address: see tracking.uri.runs_view_url).
 EXPERIMENT_TAGS = {

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from tracking.names import NAMED_SCALES, OPTIONAL_PARAMS
+
 #: Bump when the meaning of a config field changes, so old runs are not mistaken for new trials.
 TRIAL_SCHEMA = 1
 
@@ -38,11 +40,6 @@ PARAM_ORDER = (
     "dropout",
     "dtype",
 )
-#: Config fields a trial holds only when they differ from these: a trial of the default config keeps the trial key it
-#: had before they were axes, so nothing already FINISHED runs again.
-OPTIONAL_DEFAULTS = {"weight_decay": 0.0, "dropout": 0.0}
-#: weight_scale by name (the book's ch. 6): He's sqrt(2 / fan_in) or Xavier's sqrt(1 / fan_in) per layer.
-NAMED_SCALES = ("he", "xavier")
 
 
 class UsageError(ValueError):
@@ -88,7 +85,7 @@ def cell_tags(config: dict, axes: Sequence[str] = ()) -> dict[str, str]:
     """``cell`` (the compared cell: the weight scale and the values of the sweep's other ``axes``, e.g. ``w=0.01`` or
     ``w=0.01 lr=0.1``) and ``arm`` (``bn`` or ``plain``): group runs by them in MLflow's UI for one line per cell and
     arm."""
-    extra = [f"{axis_label(k)}={value_text(config.get(k, OPTIONAL_DEFAULTS.get(k)))}" for k in axes]
+    extra = [f"{axis_label(k)}={value_text(config.get(k, OPTIONAL_PARAMS.get(k)))}" for k in axes]
     return {"cell": " ".join([f"w={scale_text(config['weight_scale'])}", *extra]),
             "arm": "bn" if config["use_batchnorm"] else "plain"}
 
@@ -113,7 +110,9 @@ def make_grid(
 
     ``base`` holds the fixed hyperparameters; ``axes`` the ones with several values (config key -> values), whose
     product the grid runs; each trial adds ``weight_scale`` (a number, or ``he``/``xavier``), ``use_batchnorm`` and
-    ``seed``. A config lists its fields in ``PARAM_ORDER`` and leaves out those at their ``OPTIONAL_DEFAULTS``.
+    ``seed``. A config lists its fields in ``PARAM_ORDER`` and leaves out those at their defaults
+    (``tracking.names.OPTIONAL_PARAMS``: a trial of the default config keeps the trial key it had before they were
+    axes, so nothing already FINISHED runs again).
     """
     axes = dict(axes or {})
     combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
@@ -125,7 +124,7 @@ def make_grid(
                     config = dict(base, **combo, weight_scale=w if isinstance(w, str) else float(w),
                                   use_batchnorm=bool(bn), seed=int(seed))
                     trials.append({name: config[name] for name in PARAM_ORDER if name in config
-                                   and not (name in OPTIONAL_DEFAULTS and config[name] == OPTIONAL_DEFAULTS[name])})
+                                   and not (name in OPTIONAL_PARAMS and config[name] == OPTIONAL_PARAMS[name])})
     return trials
 
 

@@ -38,7 +38,6 @@ from model.trial import DEFAULT_CONFIG
 from pipeline.trials import cell_tags, params_of, run_name, trial_key
 from tests.topology import free_port
 
-METRICS = ("train_acc", "test_acc", "train_loss")
 #: The 16 weight scales of the book's Figure 6-19: ``np.logspace(0, -4, num=16)``.
 BOOK_WEIGHT_SCALES: tuple[float, ...] = tuple(float(w) for w in np.logspace(0, -4, num=16))
 
