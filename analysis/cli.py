@@ -38,8 +38,8 @@ from analysis.figures import (
     seeds_text,
 )
 from analysis.load import DIVERGED_POLICIES, diverged_counts, load_runs, varying_config, without_diverged
-from analysis.report import build_report, describe_data, describe_scales, facet_findings
-from analysis.scales import is_named, nearest_scale, scale_labels, sort_scales
+from analysis.report import build_report, describe_data, facet_findings
+from analysis.scales import is_named, nearest_scale, scale_labels, scale_phrase, sort_scales
 from analysis.stats import (
     ALPHA,
     DEFAULT_WIDTH,
@@ -141,11 +141,11 @@ def _data_notes(df: pd.DataFrame) -> list[str]:
     """Duplicates, skipped runs and mixed configs, as report bullet points (also printed)."""
     notes = []
     for d in df.attrs.get("duplicates", []):
-        notes.append(f"duplicate trial {d['trial_key']} ({describe_scales([d['weight_scale']], [d['weight_scale']])}, "
+        notes.append(f"duplicate trial {d['trial_key']} ({scale_phrase(d['weight_scale'])}, "
                      f"{'bn' if d['use_batchnorm'] else 'plain'}, seed {d['seed']}): used run {d['kept_run_id']} "
                      f"(earliest), ignored {', '.join(d['dropped_run_ids'])}")
     for (w, bn), n in diverged_counts(df).items():
-        notes.append(f"{'BatchNorm' if bn else 'plain'} at {describe_scales([w], [w])}: {n} trial(s) diverged "
+        notes.append(f"{'BatchNorm' if bn else 'plain'} at {scale_phrase(w)}: {n} trial(s) diverged "
                      "(non-finite loss; "
                      f"{_diverged_note(df.attrs.get('diverged_policy', 'exclude'))})")
     for s in df.attrs.get("skipped", []):
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     curves_scale = nearest_scale(scales, args.scale)
     if is_named(curves_scale) or abs(curves_scale / args.scale - 1) > 1e-9:
         _say(f"--scale {args.scale:g} not present; curves.png uses the nearest present scale "
-             f"{describe_scales([curves_scale], [curves_scale])}")
+             f"{scale_phrase(curves_scale)}")
 
     out = _out_folder(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
 
     text = facet_findings(comparison, final, axes, alpha=args.alpha, width=args.width, arms=arms)
     if diverged:
-        where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at {describe_scales([w], [w])} in {n}"
+        where = "; ".join(f"{'BatchNorm' if bn else 'plain'} at {scale_phrase(w)} in {n}"
                           for (w, bn), n in diverged.items())
         how = ("counted as nets that failed to learn (--diverged count)" if args.diverged == "count"
                else "left out of the statistics (--diverged exclude)")

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from analysis.errors import AnalysisError
 from analysis.facets import AXIS_PARAMS
 from analysis.histories import HistoryFetcher, is_server
-from analysis.scales import is_named, parse_scale, sort_by_scale, sort_scales
+from analysis.scales import as_scale, is_named, parse_scale, scale_ranks, sort_by_scale
 from analysis.store import check_tracking_uri, resolve_tracking_uri
 from tracking.names import DIVERGED, METRICS, OPTIONAL_PARAMS, RUN_KIND_TRIAL
 
@@ -181,10 +181,10 @@ def _diverged_runs(client: MlflowClient, experiment_id: str, finished_keys: set[
 
 def _diverged_list(runs: pd.DataFrame) -> list[dict]:
     """``df.attrs["diverged"]``: weight_scale, use_batchnorm, seed, trial_key, reason; largest scale first."""
-    found = [{"trial_key": str(r.trial_key), "weight_scale": r.weight_scale if is_named(r.weight_scale)
-              else float(r.weight_scale), "use_batchnorm": bool(r.use_batchnorm), "seed": int(r.seed),
-              "reason": str(r.failure_reason)} for r in runs.itertuples()]
-    rank = {w: i for i, w in enumerate(sort_scales((d["weight_scale"] for d in found), descending=True))}
+    found = [{"trial_key": str(r.trial_key), "weight_scale": as_scale(r.weight_scale),
+              "use_batchnorm": bool(r.use_batchnorm), "seed": int(r.seed), "reason": str(r.failure_reason)}
+             for r in runs.itertuples()]
+    rank = scale_ranks((d["weight_scale"] for d in found), descending=True)
     return sorted(found, key=lambda d: (rank[d["weight_scale"]], not d["use_batchnorm"], d["seed"]))
 
 
@@ -367,7 +367,7 @@ def pick_one_per_trial(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         head = group.iloc[0]
         duplicates.append({
             "trial_key": str(key),
-            "weight_scale": head["weight_scale"] if is_named(head["weight_scale"]) else float(head["weight_scale"]),
+            "weight_scale": as_scale(head["weight_scale"]),
             "use_batchnorm": bool(head["use_batchnorm"]),
             "seed": int(head["seed"]),
             "kept_run_id": str(head["run_id"]),

@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.facets import axis_name, facet_label, value_label
 from analysis.figures import BN_PLAIN, Arms, metric_label, seeds_text
-from analysis.scales import Scale, is_named, scale_labels, sort_by_scale, sort_scales
+from analysis.scales import Scale, is_named, scale_labels, scale_phrase, sort_by_scale, sort_scales
 from tracking.uri import display_store
 
 #: Final train accuracy below this counts as "failed to learn" (chance is 0.10 for 10 classes).
@@ -395,7 +395,7 @@ def build_report(
     titles = {
         "grid": f"{metric_label(metric).capitalize()} per weight scale (the book's Figure 6-19, mean \u00b1 1 std "
                 f"over seeds; {arms.short_a} solid, {arms.short_b} dashed)",
-        "curves": f"Train and test accuracy at {describe_scales([curves_scale], [curves_scale])}",
+        "curves": f"Train and test accuracy at {scale_phrase(curves_scale)}",
         "final_accuracy": "Final accuracy vs weight scale (mean, 95% t interval of the mean)",
         "difference": f"Paired difference {arms.diff} at the final epoch (thin bar: 95% t interval, * = "
                       "significant after Holm; wide bar: anytime-valid 95% confidence sequence)",

@@ -43,6 +43,21 @@ def sort_scales(scales: Iterable[Scale], *, descending: bool = False) -> list[Sc
     return [*numbers, *(n for n in NAMED_SCALES if n in values)]
 
 
+def scale_ranks(scales: Iterable[Scale], *, descending: bool = False) -> dict[Scale, int]:
+    """Each distinct scale's position in :func:`sort_scales` order."""
+    return {w: i for i, w in enumerate(sort_scales(scales, descending=descending))}
+
+
+def as_scale(w) -> Scale:
+    """A value of a weight_scale column as a plain Python value: its name, or a float."""
+    return w if is_named(w) else float(w)
+
+
+def scale_phrase(w: Scale) -> str:
+    """One scale in a sentence: ``W=0.01``, ``He init``."""
+    return f"{NAMED_LABELS[w]} init" if is_named(w) else f"W={scale_labels([w])[w]}"
+
+
 def numeric_scales(scales: Iterable[Scale]) -> list[float]:
     return [w for w in sort_scales(scales) if not is_named(w)]
 
@@ -56,8 +71,7 @@ def scale_order(column: pd.Series, *, descending: bool = False) -> pd.Series:
     :func:`sort_scales` order; any other column is returned as it is."""
     if column.name != "weight_scale":
         return column
-    rank = {w: i for i, w in enumerate(sort_scales(column.unique(), descending=descending))}
-    return column.map(rank)
+    return column.map(scale_ranks(column.unique(), descending=descending))
 
 
 def sort_by_scale(df: pd.DataFrame, by: Sequence[str], *, descending: bool = False) -> pd.DataFrame:

@@ -363,7 +363,6 @@ def _rounds(args: argparse.Namespace, uri: str, cpus: int, checked, loaded: tupl
 
 def _settled(runs, retry_diverged: bool) -> tuple[set[str], set[str]]:
     """(FINISHED keys, keys that diverged and have no FINISHED run); diverged ones count as settled unless retried."""
-
     finished = {r.trial_key for r in runs if r.status == "FINISHED"}
     diverged = {r.trial_key for r in runs if r.status == "FAILED"
                 and r.failure_reason.startswith(DIVERGED)} - finished

@@ -225,27 +225,25 @@ class StoreRefused(UsageError):
 
 
 #: What a store (SQLite, the OS, or a server passing its database's words on) says when retrying cannot help:
-#: (words, what it means, the fix).
+#: (words, OS error numbers, what it means, the fix).
 REFUSALS = (
-    (("database or disk is full", "no space left on device"), "its disk is full",
+    (("database or disk is full", "no space left on device"), (errno.ENOSPC,), "its disk is full",
      "free space where the store is, then rerun the same command"),
-    (("disk quota exceeded",), "its disk quota is used up", "free space in your quota, then rerun the same command"),
-    (("readonly database", "read-only file system"), "it is read-only",
+    (("disk quota exceeded",), (errno.EDQUOT,), "its disk quota is used up",
+     "free space in your quota, then rerun the same command"),
+    (("readonly database", "read-only file system"), (errno.EROFS,), "it is read-only",
      "make it writable, or pass another --tracking-uri"),
-    (("file is not a database", "database disk image is malformed"), "it is not a whole database",
+    (("file is not a database", "database disk image is malformed"), (), "it is not a whole database",
      "restore it from a backup, or pass another --tracking-uri"),
 )
-_REFUSING_ERRNOS = {errno.ENOSPC: 0, errno.EDQUOT: 1, errno.EROFS: 2}
 
 
 def refusal(exc: BaseException) -> tuple[str, str] | None:
     """(what it means, the fix) when ``exc`` says the store can take no more writes whatever the wait; else None."""
-    if isinstance(exc, OSError) and exc.errno in _REFUSING_ERRNOS:
-        _, meaning, fix = REFUSALS[_REFUSING_ERRNOS[exc.errno]]
-        return meaning, fix
+    number = exc.errno if isinstance(exc, OSError) else None
     text = str(exc).lower()
-    for words, meaning, fix in REFUSALS:
-        if any(w in text for w in words):
+    for words, numbers, meaning, fix in REFUSALS:
+        if number in numbers or any(w in text for w in words):
             return meaning, fix
     return None
 
