@@ -45,7 +45,11 @@ def _assert_each_trial_finished_once_with_full_history(uri: str, experiment: str
 
 def test_a_worker_killed_mid_trial_is_retried_and_logged_exactly_once(fashion_mnist_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sweep = SweepProcess(*SLOW, "--seeds", "0", "--tracking-uri", uri, "--experiment", "kill-worker", cwd=tmp_path)
+    # One worker: the trials run one after another, so one trial or another streams for the whole sweep (~5 s), not
+    # for the second or two two workers take, which a test's first look into a new store (~1 s, more on a busy
+    # machine) could miss altogether.
+    sweep = SweepProcess(*SLOW, "--workers", "1", "--seeds", "0", "--tracking-uri", uri, "--experiment",
+                         "kill-worker", cwd=tmp_path)
     try:
         sweep.wait_started()
         client = MlflowClient(uri)
@@ -92,7 +96,9 @@ def test_a_worker_killed_before_its_trial_sent_an_epoch_is_recorded_as_retried(f
 
 def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_reruns(fashion_mnist_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = [*SLOW, "--seeds", "0-1", "--tracking-uri", uri, "--experiment", "kill-driver"]
+    # One worker: trials end one by one and the later ones wait unclaimed, several seconds in which the driver is
+    # killed with some trials finished, one running and some not started (two workers claim all 8 in ~4 s).
+    args = [*SLOW, "--workers", "1", "--seeds", "0-1", "--tracking-uri", uri, "--experiment", "kill-driver"]
     sweep = SweepProcess(*args, cwd=tmp_path)
     try:
         sweep.wait_started()
