@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -11,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -150,16 +154,62 @@ finally:
 """
 
 
-def run_probed_sweep(setup: str, report: str, *args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, object]:
+def run_probed_sweep(setup: str, report: str, *args: str, cwd: Path,
+                     env: dict | None = None) -> tuple[subprocess.CompletedProcess, object]:
     """Run ``python -m pipeline.sweep ARGS`` in a process that first runs ``setup`` (Python code that wraps what it
     watches) and at the end prints the value of the expression ``report`` as JSON; the result and that value."""
     probe = cwd / "sweep_probe.py"
     probe.write_text(setup + _PROBE_RUN.format(report=report))
-    out = subprocess.run([sys.executable, str(probe), *args], cwd=cwd, env=sweep_env(), capture_output=True,
+    out = subprocess.run([sys.executable, str(probe), *args], cwd=cwd, env=env or sweep_env(), capture_output=True,
                          text=True, timeout=600)
     found = [line for line in out.stderr.splitlines() if line.startswith("PROBE_RESULT ")]
     assert found, out.stderr
     return out, json.loads(found[-1].split(" ", 1)[1])
+
+
+#: An environment variable that marks the processes of one sweep (its driver, Ray's daemons and workers inherit it).
+MARKER = "BNSWEEP_TEST_SWEEP"
+
+
+def _ray_workers_marked(mark: str) -> bool:
+    """Whether a Ray worker process (titled ``ray::...``) of the sweep marked ``mark`` runs."""
+    wanted = f"{MARKER}={mark}".encode()
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info["cmdline"] or [""])[0].startswith("ray::") and wanted in Path(
+                    f"/proc/{proc.pid}/environ").read_bytes().split(b"\0"):
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
+@contextlib.contextmanager
+def plan_delayed(store: Path, after: float = 2.0, timeout: float = 180) -> Iterator[dict[str, str]]:
+    """An environment for one sweep, whose plan waits until its Ray workers have been up ``after`` seconds.
+
+    The test holds the lock a sweep takes to open the SQLite store ``store`` (``pipeline.tracker``; the file is
+    created empty if missing, which a sweep takes for a new store), as another sweep making the store would hold it:
+    the sweep's workers start their first trials meanwhile, before any plan, however fast Ray and MLflow start."""
+    mark = uuid.uuid4().hex
+    with open(store, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        released = threading.Event()
+
+        def release() -> None:
+            deadline = time.monotonic() + timeout
+            while not released.is_set() and not _ray_workers_marked(mark) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            released.wait(after)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+        holder = threading.Thread(target=release, daemon=True)
+        holder.start()
+        try:
+            yield sweep_env(**{MARKER: mark})
+        finally:
+            released.set()
+            holder.join(30)
 
 
 def file_tree(folder: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from tests.sweep_helpers import (
     SMALL,
     SweepProcess,
     finished_counts,
+    plan_delayed,
     run_probed_sweep,
     run_sweep,
     trial_runs,
@@ -231,11 +232,13 @@ def test_two_sweeps_started_at_once_on_a_new_store_finish_every_trial_exactly_on
     runs = trial_runs(uri, "together")
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs), "losing claims are deleted"
     assert set(finished_counts(uri, "together")) == expected_keys([0, 1])
-    # each recorded its share (one may find everything taken when it has planned: "Nothing to run")
+    # each recorded its share and accounts for the rest: left to the other sweep, or (one that found everything
+    # taken when it had planned) "Nothing to run"
     ran = [int(m.group(1)) if (m := re.search(r"(\d+) run, ", p.output)) else 0 for p in (first, second)]
     assert sum(ran) == 8, first.output + second.output
     for p, n in zip((first, second), ran, strict=True):
-        assert n or "Nothing to run" in p.output, p.output
+        left = re.search(r"(\d+) left to a concurrent sweep", p.output)
+        assert "Nothing to run" in p.output or n + (int(left.group(1)) if left else 0) == 8, p.output
 
 
 def measured_before_the_plan(uri: str, runs: list) -> int:
@@ -252,15 +255,16 @@ def measured_before_the_plan(uri: str, runs: list) -> int:
 
 
 def test_on_a_new_store_the_workers_train_the_next_trials_while_the_plan_is_made(fashion_mnist_dir, tmp_path):
-    """A new store's plan waits for MLflow's import and the store's schema (seconds). The first trials start before
-    it, and each one that ends hands its worker the grid's next trial: with trials of a few milliseconds, more than
-    one per worker has measured its first epoch before any run exists. Each is still recorded exactly once, with
-    every epoch."""
+    """A new store's plan waits for MLflow's import and the store's schema, or for another sweep making the store
+    (held here, so the plan surely comes after Ray's start). The first trials start before it, and each one that ends
+    hands its worker the grid's next trial: with trials of a few milliseconds, more than one per worker has measured
+    its first epoch before any run exists. Each is still recorded exactly once, with every epoch."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["--dataset", "fashion-mnist", "--data-dir", str(FASHION_DIR), "--weight-scales", "0.1,0.01",
             "--seeds", "0-4", "--epochs", "1", "--train-size", "100", "--test-size", "100", "--workers", "2",
             "--tracking-uri", uri, "--experiment", "busy"]
-    out = run_sweep(*args, cwd=tmp_path)
+    with plan_delayed(tmp_path / "mlflow.db") as env:
+        out = run_sweep(*args, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     runs = trial_runs(uri, "busy")
     assert len(runs) == 20 and set(finished_counts(uri, "busy").values()) == {1}
@@ -270,7 +274,8 @@ def test_on_a_new_store_the_workers_train_the_next_trials_while_the_plan_is_made
 
 def test_on_a_store_that_exists_the_workers_train_the_grids_last_trials_while_the_plan_is_made(
         fashion_mnist_dir, tmp_path):
-    """On a store that exists the plan waits for MLflow's import and a read of the store's runs. Meanwhile the
+    """On a store that exists the plan waits for MLflow's import and a read of the store's runs (and here for the
+    store's lock, held by the test, so that it surely comes after Ray's start). Meanwhile the
     workers train the grid's trials from its end, where added seeds are: those the plan runs are claimed and keep
     what they measured, those already FINISHED are left to end and write nothing, so every trial is recorded exactly
     once; a complete grid starts some too, leaves them all, and says there is nothing to run."""
@@ -283,7 +288,8 @@ def test_on_a_store_that_exists_the_workers_train_the_grids_last_trials_while_th
     before = {r.info.run_id for r in trial_runs(uri, "more")}
     assert len(before) == 8
 
-    more = run_sweep(*args, "--seeds", "0-4", cwd=tmp_path)
+    with plan_delayed(tmp_path / "mlflow.db") as env:
+        more = run_sweep(*args, "--seeds", "0-4", cwd=tmp_path, env=env)
     assert more.returncode == 0, more.stderr
     assert "8 already FINISHED, 12 to run" in more.stderr
     runs = trial_runs(uri, "more")
@@ -293,7 +299,8 @@ def test_on_a_store_that_exists_the_workers_train_the_grids_last_trials_while_th
     measured_before = measured_before_the_plan(uri, new)
     assert measured_before > 2, f"only {measured_before} trials ran before the plan: the workers waited for it"
 
-    again = run_sweep(*args, "--seeds", "0-4", cwd=tmp_path)
+    with plan_delayed(tmp_path / "mlflow.db") as env:
+        again = run_sweep(*args, "--seeds", "0-4", cwd=tmp_path, env=env)
     assert again.returncode == 0 and "Nothing to run: all 20 trials" in again.stderr, again.stderr
     assert len(trial_runs(uri, "more")) == 20
 
@@ -326,7 +333,8 @@ def test_trials_the_plan_leaves_out_are_left_to_end_never_cancelled(fashion_mnis
             "--tracking-uri", uri, "--experiment", "left"]
 
     def probed(*extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-        out, calls = run_probed_sweep(CANCEL_PROBE, "calls", *args, *extra, cwd=tmp_path)
+        with plan_delayed(tmp_path / "mlflow.db") as env:  # the plan surely comes after the first trials start
+            out, calls = run_probed_sweep(CANCEL_PROBE, "calls", *args, *extra, cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr
         return out, calls
 

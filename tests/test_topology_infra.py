@@ -158,22 +158,6 @@ def test_ray_cluster_refuses_a_driver_without_its_token(cluster: RayCluster, aut
     assert "InvalidAuthToken" in done.stderr
 
 
-def test_ray_cluster_connect_makes_this_process_a_driver(cluster: RayCluster):
-    import ray
-
-    with cluster.connect():
-        assert ray.is_initialized()
-        alive = [n for n in ray.nodes() if n["Alive"]]
-        assert len(alive) == 2
-
-        @ray.remote(num_cpus=1, resources={"node2": 1})
-        def where() -> str:
-            return ray.get_runtime_context().get_node_id()
-
-        assert ray.get(where.remote(), timeout=120) == _node2_id(cluster.nodes_info())
-    assert not ray.is_initialized()
-
-
 # ------------------------------------------------------------------------------------------------ everything
 
 

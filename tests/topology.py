@@ -473,26 +473,23 @@ def mlflow_server(backend_store_uri: str, workers: int = 1, topology_id: str | N
 
 # ------------------------------------------------------------------------------------------------ Ray cluster
 
-#: Run by a subprocess with the cluster's auth env: print the cluster's nodes as JSON, optionally after
-#: waiting until exactly N are alive. Uses the GCS client only (no driver is registered).
+#: Run by a subprocess with the cluster's auth env: join as a driver and print the cluster's nodes as JSON,
+#: optionally after waiting until exactly N are alive.
 _NODES_SCRIPT = textwrap.dedent("""
-    import json, sys, time
-    from ray._raylet import GcsClient
-    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    import json, logging, sys, time
+    import ray
     address, want, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    client = GcsClient(address=address)
+    ray.init(address=address, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
     deadline = time.monotonic() + timeout
     while True:
-        nodes = [{"node_id": info.node_id.hex(),
-                  "alive": info.state == GcsNodeInfo.GcsNodeState.ALIVE,
-                  "address": info.node_manager_address,
-                  "resources": dict(info.resources_total)}
-                 for info in client.get_all_node_info(timeout=10).values()]
+        nodes = [{"node_id": node["NodeID"], "alive": node["Alive"], "address": node["NodeManagerAddress"],
+                  "resources": node["Resources"]} for node in ray.nodes()]
         if want < 0 or sum(n["alive"] for n in nodes) == want or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     print(json.dumps(nodes))
 """)
+
 
 
 @dataclass
@@ -620,32 +617,6 @@ class RayCluster:
             node = self.nodes[name]
             _stop_process(node.process, node.marker, signal.SIGTERM, 40.0)
         kill_marked(f"{self.topology_id}/ray-")
-
-    @contextlib.contextmanager
-    def connect(self, **init_kwargs) -> Iterator[None]:
-        """``ray.init`` this (pytest) process as a driver of the cluster, for tests that call pipeline code
-        in-process; restores the auth environment and shuts the driver down on exit."""
-        import ray
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-        os.environ.update(self.env)
-        # The token and auth mode are cached per process: make them follow the environment set just now.
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-        try:
-            ray.init(address=self.address, _node_ip_address=LOOPBACK, **init_kwargs)
-            yield
-        finally:
-            ray.shutdown()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            Config.initialize("")
-            AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager
