@@ -37,6 +37,7 @@ from analysis.figures import (
     save_figure,
     seeds_text,
 )
+from analysis.histories import default_cache_dir
 from analysis.load import DIVERGED_POLICIES, diverged_counts, load_runs, varying_config, without_diverged
 from analysis.report import build_report, describe_data, facet_findings
 from analysis.scales import is_named, nearest_scale, scale_labels, scale_phrase, sort_scales
@@ -119,11 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "lr=0.01,0.1 (default: BN vs plain)")
     p.add_argument("--no-log", action="store_true",
                    help="write the files only; do not log an analysis run to MLflow (default: log it)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", default=None,
+                       help="where the metric histories of ended runs are kept between analyses, so that the next "
+                            "one fetches only runs it has not seen (default: $XDG_CACHE_HOME/bnsweep/histories, else "
+                            "~/.cache/bnsweep/histories)")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="fetch every history from the store; read and keep no cache")
     return p
 
 
 def _safe_dirname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
+def _histories_line(counts: dict, cache_dir: Path | None) -> str:
+    """Where the loaded runs' histories came from, e.g. "histories: 980 from the cache, 20 fetched"."""
+    if cache_dir is None:
+        return f"histories: {counts.get('fetched', 0)} fetched, no cache"
+    return f"histories: {counts.get('cached', 0)} from the cache in {cache_dir}, {counts.get('fetched', 0)} fetched"
 
 
 def _say(msg: str) -> None:
@@ -232,13 +247,29 @@ def check_out(option: str | None, out: Path) -> None:
     """The output folder: absent (made in a folder that can be written) or a folder that can be written."""
     if option is not None and not option.strip():
         raise AnalysisError("--out is empty (name a folder, or leave the option out for analysis-out/<experiment>)")
-    if out.exists() and not out.is_dir():
-        raise AnalysisError(f"--out {out} exists and is not a folder (name a folder, or remove the file)")
-    existing = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
+    check_folder("--out", out)
+
+
+def check_cache_dir(option: str | None) -> None:
+    """A ``--cache-dir`` given: a folder that can be written, or one that can be made (the default is only tried:
+    a cache that cannot be used is left aside with a warning)."""
+    if option is None:
+        return
+    if not option.strip():
+        raise AnalysisError("--cache-dir is empty (name a folder, leave the option out for the default, or give "
+                            "--no-cache)")
+    check_folder("--cache-dir", Path(option).expanduser())
+
+
+def check_folder(flag: str, folder: Path) -> None:
+    """``folder`` exists and can be written, or can be made in a folder that can be written."""
+    if folder.exists() and not folder.is_dir():
+        raise AnalysisError(f"{flag} {folder} exists and is not a folder (name a folder, or remove the file)")
+    existing = next(p for p in (folder.resolve(), *folder.resolve().parents) if p.exists())
     if not existing.is_dir():
-        raise AnalysisError(f"--out {out}: {existing} is not a folder (name a folder whose parents are folders)")
+        raise AnalysisError(f"{flag} {folder}: {existing} is not a folder (name a folder whose parents are folders)")
     if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
-        raise AnalysisError(f"--out {out}: {existing} is not writable (name a folder you can write, or fix its "
+        raise AnalysisError(f"{flag} {folder}: {existing} is not writable (name a folder you can write, or fix its "
                             "permissions)")
 
 
@@ -251,6 +282,7 @@ def check_args(args: argparse.Namespace) -> str:
     if args.compare is not None:
         parse_compare(args.compare)
     check_out(args.out, _out_folder(args))
+    check_cache_dir(args.cache_dir)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri, write=not args.no_log)
     return uri
@@ -263,7 +295,8 @@ def _out_folder(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     cap_http_retries()  # before any MLflow client exists
     uri = check_args(args)
-    counted = load_runs(args.experiment, uri, check_uri=False, diverged="count")
+    cache_dir = None if args.no_cache else Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    counted = load_runs(args.experiment, uri, check_uri=False, diverged="count", cache_dir=cache_dir)
     arms = BN_PLAIN
     if args.compare is not None and not counted.empty:
         axis, a, b = parse_compare(args.compare)
@@ -278,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     scales = sort_scales(df["weight_scale"].unique())
     t = df.attrs.get("timings_s", {})
     _say(f"loaded {n_runs} runs ({len(df)} rows, {len(scales)} weight scales) in {sum(t.values()):.1f} s "
-         f"via {df.attrs.get('history_strategy')}")
+         f"({_histories_line(df.attrs.get('history_counts', {}), cache_dir)})")
     notes = _data_notes(df)
     for note in notes:
         _say(note)

@@ -1,147 +1,207 @@
-"""Fetch the full metric histories of many runs in few round trips.
+"""The metric histories of many runs, through MLflow's public client, and a local cache of ended runs' histories.
 
-MLflow 3.17's public client has only ``MlflowClient.get_metric_history(run_id, key)``: one round trip
-per run and metric (3000 calls for 1000 runs x 3 metrics; ~65 ms each against an ``mlflow server``
-on the 2-core test machine). ``MlflowClient`` has no bulk-history method. The bulk paths used here,
-fastest first (numbers: ``benchmarks/bench_analysis_load.py``, 1000 runs x 21 steps, one metric):
-
-- SQL stores (sqlite, postgresql, ...): one column query per 500 runs on the store's own ORM model
-  (``SqlMetric``, in the store's session: run_uuid, key, step, value, timestamp, is_nan -- no ORM
-  objects), ~0.1 s per metric. If that model ever moves, ``SqlAlchemyStore.get_metric_history_bulk``
-  (the same ``IN`` query building one ORM object per value, ~0.6-1 s per metric).
-  ``get_metric_history_bulk_interval`` on the same store runs one windowed query per run (~8 s) and
-  is not used.
-- ``mlflow server``: the UI's ``GET /ajax-api/2.0/mlflow/metrics/get-history-bulk`` (100 runs and
-  25000 values per request, served by the same bulk ``IN`` query; ~1.2 s with 4 requests in flight).
-  If the server lacks it (404), the public REST ``GET /api/2.0/mlflow/metrics/get-history-bulk-interval``
-  (100 runs per request but one windowed query per run server-side; ~9 s), and last
-  ``get_metric_history`` per run and metric, in threads.
-- anything else: ``get_metric_history`` per run and metric, in threads.
-
-The client's store is reached through ``MlflowClient._tracking_client.store`` (not public API; if
-it is missing the per-run path is used).
+MLflow's client reads a whole history one run and metric at a time (``MlflowClient.get_metric_history``); the calls
+run on a small thread pool, and against a server they start while the next page of runs is searched. A run that
+has ended (FINISHED, or FAILED as a diverged trial is) does not change, so its histories are kept in a SQLite file
+per tracking store in the user's cache folder (:class:`HistoryCache`): the next analysis of the store -- the usual
+one, after adding seeds -- fetches only the runs it has not seen. A cached history is used only while the run still
+reads as it did when it was fetched (status, end time and the metric's latest value, from the search); a cache that
+cannot be read or written is left aside with a warning, never an error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Sequence
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.store.tracking.rest_store import RestStore
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from mlflow.utils.rest_utils import http_request
+
+from tracking.cache import user_cache_dir
+from tracking.uri import display_store, is_server
 
 logger = logging.getLogger(__name__)
 
-AJAX_BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
-REST_BULK_INTERVAL_ENDPOINT = "/api/2.0/mlflow/metrics/get-history-bulk-interval"
-MAX_RUNS_PER_REQUEST = 100  # server limit of both bulk endpoints
-AJAX_MAX_RESULTS = 25000  # server limit on values per get-history-bulk response
-INTERVAL_MAX_RESULTS = 2500  # server limit on values per run per get-history-bulk-interval
-SQL_CHUNK = 500  # run ids per IN query (well under every database's bound-parameter limit)
-HTTP_THREADS = 4
+#: get_metric_history calls in flight: against a server they wait on the network, against a database on its I/O.
+SERVER_THREADS = 8
+DATABASE_THREADS = 2
+#: Run states after which MLflow's client logs nothing more to a run.
+ENDED = ("FINISHED", "FAILED", "KILLED")
 
-STRATEGY_SQL_COLUMNS = "sql-metric-columns"
-STRATEGY_SQL = "sql-get-metric-history-bulk"
-STRATEGY_AJAX = "rest-ajax-get-history-bulk"
-STRATEGY_INTERVAL = "rest-get-history-bulk-interval"
-STRATEGY_PER_RUN = "per-run-get-metric-history"
-
-# one fetched value: (run_id, key, step, value, timestamp)
+# one value: (run_id, key, step, value, timestamp)
 Row = tuple[str, str, int, float, int]
 
 
-class _Unsupported(Exception):
-    """The server does not offer an endpoint; try the next strategy."""
+def default_cache_dir() -> Path:
+    """Where the analysis keeps histories by default: ``histories`` in the user's cache folder."""
+    return user_cache_dir() / "histories"
 
 
-def tracking_store(client: MlflowClient):
-    """The store behind a client (private attribute; None if MLflow moved it)."""
-    return getattr(getattr(client, "_tracking_client", None), "store", None)
+def fingerprint(run: Run, key: str) -> str | None:
+    """What a cached history of ``key`` for ``run`` is valid for: the run's status, end time and the metric's latest
+    value as the search returned them; None for a run that has not ended (its history may still grow)."""
+    if run.info.status not in ENDED or run.info.end_time is None:
+        return None
+    latest = run.data.metrics.get(key)
+    return json.dumps([run.info.status, run.info.end_time, None if latest is None else repr(float(latest))])
 
 
-def is_server(client: MlflowClient) -> bool:
-    """Whether the client talks to a tracking server over REST."""
-    return isinstance(tracking_store(client), RestStore)
+class HistoryCache:
+    """Histories of ended runs of one tracking store, in ``<folder>/<hash of the store>.sqlite``.
 
+    The store is named by :func:`tracking.uri.display_store` (a SQLite store by its absolute path), without a
+    user or password. Any failure to open, read or write the file (a read-only or full disk, a file that is not
+    SQLite) turns the cache off for this analysis with one warning."""
 
-def fetch_metric_histories(
-    client: MlflowClient,
-    run_ids: Sequence[str],
-    metrics: Sequence[str],
-    *,
-    expected_steps: int | None = None,
-) -> tuple[pd.DataFrame, str]:
-    """Every logged value of ``metrics`` for ``run_ids``.
-
-    Returns (frame with columns run_id, key, step, value, timestamp -- one row per logged value,
-    repeats included -- and the name of the strategy used). ``expected_steps`` (values per run and
-    metric) sizes the requests to a server; it is a hint, truncated responses are detected.
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS histories (run_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+                                              PRIMARY KEY (run_id, key));
+        CREATE TABLE IF NOT EXISTS metric_values (run_id TEXT NOT NULL, key TEXT NOT NULL, step INTEGER NOT NULL,
+                                                  value REAL, timestamp INTEGER NOT NULL);
+        CREATE INDEX IF NOT EXISTS metric_values_of_run ON metric_values (run_id, key);
     """
-    with HistoryFetcher(client, metrics, expected_steps=expected_steps) as fetcher:
-        fetcher.submit(run_ids)
-        return fetcher.result()
+
+    def __init__(self, folder: Path, store_uri: str):
+        self.path = Path(folder) / f"{store_key(store_uri)}.sqlite"
+        self.store_uri = store_uri
+        self._db: sqlite3.Connection | None = None
+        self.usable = True
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            self._db.executescript(self.SCHEMA)
+        return self._db
+
+    def _failed(self, exc: Exception) -> None:
+        logger.warning("history cache %s left aside (%s); fetching every history from the store", self.path, exc)
+        self.usable = False
+        self.close()
+
+    def get(self, wanted: dict[tuple[str, str], str]) -> tuple[list[Row], set[tuple[str, str]]]:
+        """The cached values of the (run_id, key) pairs of ``wanted`` whose fingerprint matches, and those pairs."""
+        if not self.usable or not wanted:
+            return [], set()
+        try:
+            db = self._connect()
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (run_id TEXT, key TEXT, fingerprint TEXT)")
+            db.execute("DELETE FROM wanted")
+            db.executemany("INSERT INTO wanted VALUES (?, ?, ?)", [(r, k, f) for (r, k), f in wanted.items()])
+            hits = {(r, k) for r, k in db.execute(
+                "SELECT h.run_id, h.key FROM histories h JOIN wanted w "
+                "ON h.run_id = w.run_id AND h.key = w.key AND h.fingerprint = w.fingerprint")}
+            rows = db.execute(
+                "SELECT v.run_id, v.key, v.step, v.value, v.timestamp FROM metric_values v JOIN histories h "
+                "ON v.run_id = h.run_id AND v.key = h.key JOIN wanted w "
+                "ON h.run_id = w.run_id AND h.key = w.key AND h.fingerprint = w.fingerprint").fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+            return [], set()
+        nan = float("nan")  # SQLite keeps NaN as NULL
+        return [(r, k, s, nan if v is None else v, t) for r, k, s, v, t in rows], hits
+
+    def put(self, fetched: dict[tuple[str, str], str], rows: Iterable[Row]) -> None:
+        """Keep the values ``rows`` of the (run_id, key) pairs of ``fetched`` (with their fingerprints), in one
+        transaction: a history is cached whole or not at all."""
+        if not self.usable or not fetched:
+            return
+        try:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM metric_values WHERE run_id = ? AND key = ?", list(fetched))
+                db.executemany("INSERT OR REPLACE INTO histories VALUES (?, ?, ?)",
+                               [(r, k, f) for (r, k), f in fetched.items()])
+                db.executemany("INSERT INTO metric_values VALUES (?, ?, ?, ?, ?)",
+                               [row for row in rows if (row[0], row[1]) in fetched])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+
+def store_key(uri: str) -> str:
+    """A short name for a tracking store: its URI as :func:`tracking.uri.display_store` gives it, without credentials,
+    hashed."""
+    parts = urllib.parse.urlsplit(display_store(uri))
+    if parts.username is not None or parts.password is not None:
+        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    return hashlib.sha256(urllib.parse.urlunsplit(parts).encode()).hexdigest()[:20]
 
 
 class HistoryFetcher:
-    """Fetch histories while more run ids arrive (``load_runs`` submits each page of search results).
+    """Fetch the histories of runs as they arrive (``load_runs`` submits each page of search results).
 
-    Against a server, :meth:`submit` starts the requests for its runs at once on a small thread pool,
-    so histories download while the server is still producing the next page of runs. For other
-    stores the work happens in :meth:`result`. Use as a context manager.
+    :meth:`submit` answers from the cache what it can and starts ``get_metric_history`` calls for the rest on a
+    thread pool; :meth:`result` waits for them, keeps the ended runs' histories in the cache and returns every
+    value. Use as a context manager.
     """
 
-    def __init__(self, client: MlflowClient, metrics: Sequence[str], *, expected_steps: int | None = None):
+    def __init__(self, client: MlflowClient, tracking_uri: str, metrics: Sequence[str], *,
+                 cache_dir: Path | None = None):
         self.client = client
         self.metrics = list(metrics)
-        self.expected_steps = expected_steps
-        self.store = tracking_store(client)
-        self.run_ids: list[str] = []
+        self.cache = HistoryCache(cache_dir, tracking_uri) if cache_dir is not None else None
+        threads = SERVER_THREADS if is_server(tracking_uri) else DATABASE_THREADS
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="history")
+        self._cached: list[Row] = []
         self._futures: list[Future] = []
-        server = isinstance(self.store, RestStore)
-        self._pool = ThreadPoolExecutor(max_workers=HTTP_THREADS) if server else None
+        self._to_keep: dict[tuple[str, str], str] = {}
+        self.counts = {"cached": 0, "fetched": 0}
 
     def __enter__(self) -> HistoryFetcher:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.cache is not None:
+            self.cache.close()
 
-    def submit(self, run_ids: Sequence[str]) -> None:
-        """Add runs; against a server their histories start downloading now."""
-        run_ids = list(run_ids)
-        self.run_ids += run_ids
-        if self._pool is None or not run_ids:
-            return
-        for key in self.metrics:
-            for ids in _chunks(run_ids, self.expected_steps):
-                self._futures.append(self._pool.submit(_ajax_job, self.store, self.client, ids, key))
+    def submit(self, runs: Iterable[Run]) -> None:
+        """Add runs: their cached histories are read now, the others start downloading."""
+        runs = list(runs)
+        prints = {(r.info.run_id, key): fingerprint(r, key) for r in runs for key in self.metrics}
+        hits: set[tuple[str, str]] = set()
+        if self.cache is not None:
+            rows, hits = self.cache.get({pair: f for pair, f in prints.items() if f is not None})
+            self._cached += rows
+        for run in runs:
+            run_id = run.info.run_id
+            missing = [key for key in self.metrics if (run_id, key) not in hits]
+            if missing:
+                self._futures.append(self._pool.submit(self._fetch, run_id, missing))
+                self._to_keep.update({(run_id, k): prints[run_id, k] for k in missing if prints[run_id, k]})
+                self.counts["fetched"] += 1
+            else:
+                self.counts["cached"] += 1
 
-    def result(self) -> tuple[pd.DataFrame, str]:
-        """All values of the submitted runs, and the strategy that fetched them."""
-        if not self.run_ids or not self.metrics:
-            return _frame([]), "none"
-        ids, metrics = self.run_ids, self.metrics
-        if self._pool is not None:
-            try:
-                return _frame([row for fut in self._futures for row in fut.result()]), STRATEGY_AJAX
-            except _Unsupported as exc:
-                logger.info("%s unavailable (%s); trying %s", STRATEGY_AJAX, exc, STRATEGY_INTERVAL)
-            try:
-                return _frame(_fetch_bulk_interval(self.store, self.client, ids, metrics)), STRATEGY_INTERVAL
-            except _Unsupported as exc:
-                logger.info("%s unavailable (%s); one request per run and metric", STRATEGY_INTERVAL, exc)
-        elif self.store is not None and hasattr(self.store, "ManagedSessionMaker"):
-            try:
-                return _frame(_fetch_sql_columns(self.store, ids, metrics)), STRATEGY_SQL_COLUMNS
-            except (ImportError, AttributeError) as exc:  # MLflow moved its model: use the public store call
-                logger.info("%s unavailable (%s); using %s", STRATEGY_SQL_COLUMNS, exc, STRATEGY_SQL)
-            return _frame(_fetch_sql_bulk(self.store, ids, metrics)), STRATEGY_SQL
-        return _frame(_fetch_per_run(self.client, ids, metrics, HTTP_THREADS)), STRATEGY_PER_RUN
+    def _fetch(self, run_id: str, keys: list[str]) -> list[Row]:
+        return [(run_id, key, int(m.step), float(m.value), int(m.timestamp))
+                for key in keys for m in self.client.get_metric_history(run_id, key)]
+
+    def result(self) -> pd.DataFrame:
+        """Every value of the submitted runs (run_id, key, step, value, timestamp; repeats included)."""
+        fetched = [row for future in self._futures for row in future.result()]
+        if self.cache is not None:
+            self.cache.put(self._to_keep, fetched)
+        return _frame(self._cached + fetched)
 
 
 def _frame(rows: list[Row]) -> pd.DataFrame:
@@ -153,130 +213,3 @@ def _frame(rows: list[Row]) -> pd.DataFrame:
         "value": pd.Series(columns[3], dtype="float64"),
         "timestamp": pd.Series(columns[4], dtype="int64"),
     })
-
-
-def _fetch_sql_columns(store, run_ids: list[str], metrics: list[str]) -> list[Row]:
-    from mlflow.store.tracking.dbmodels.models import SqlMetric
-
-    cols = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.timestamp,
-            SqlMetric.is_nan)
-    rows: list[Row] = []
-    nan = float("nan")
-    with store.ManagedSessionMaker() as session:
-        for i in range(0, len(run_ids), SQL_CHUNK):
-            query = session.query(*cols).filter(SqlMetric.run_uuid.in_(run_ids[i:i + SQL_CHUNK]),
-                                                SqlMetric.key.in_(metrics))
-            rows += [(r, k, int(s), nan if is_nan else float(v), int(t)) for r, k, s, v, t, is_nan in query]
-    return rows
-
-
-def _fetch_sql_bulk(store, run_ids: list[str], metrics: list[str]) -> list[Row]:
-    rows: list[Row] = []
-    for key in metrics:
-        for i in range(0, len(run_ids), SQL_CHUNK):
-            for m in store.get_metric_history_bulk(run_ids=run_ids[i:i + SQL_CHUNK], metric_key=key,
-                                                   max_results=10**9):
-                rows.append((m.run_id, m.key, int(m.step), float(m.value), int(m.timestamp)))
-    return rows
-
-
-def _fetch_per_run(client: MlflowClient, run_ids: list[str], metrics: list[str], threads: int) -> list[Row]:
-    def one(job: tuple[str, str]) -> list[Row]:
-        run_id, key = job
-        return [(run_id, m.key, int(m.step), float(m.value), int(m.timestamp))
-                for m in client.get_metric_history(run_id, key)]
-
-    jobs = [(r, k) for r in run_ids for k in metrics]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return [row for rows in pool.map(one, jobs) for row in rows]
-
-
-def _get_json(store: RestStore, endpoint: str, params: dict) -> dict:
-    resp = http_request(store.get_host_creds(), endpoint, "GET", params=params)
-    if resp.status_code in (404, 405, 501):
-        raise _Unsupported(f"GET {endpoint} -> HTTP {resp.status_code}")
-    if resp.status_code != 200:
-        raise MlflowException(f"GET {endpoint} failed: HTTP {resp.status_code}: {resp.text[:200]}")
-    return resp.json()
-
-
-def _parse(metrics_json: list[dict]) -> list[Row]:
-    # values arrive as JSON numbers, or as "NaN"/"Infinity" (literal or string); float() takes all
-    return [(m["run_id"], m["key"], int(m.get("step", 0)), float(m.get("value", 0.0)),
-             int(m.get("timestamp", 0))) for m in metrics_json]
-
-
-def _chunks(run_ids: list[str], expected_steps: int | None) -> list[list[str]]:
-    """Groups of <= 100 runs whose expected values fit one get-history-bulk response."""
-    size = max(1, min(MAX_RUNS_PER_REQUEST, AJAX_MAX_RESULTS // max(1, expected_steps or 1)))
-    return [run_ids[i:i + size] for i in range(0, len(run_ids), size)]
-
-
-def _ajax_job(store: RestStore, client: MlflowClient, ids: list[str], key: str) -> list[Row]:
-    """One get-history-bulk request; split further if the server cut the response at its limit."""
-    params = {"run_id": ids, "metric_key": key, "max_results": AJAX_MAX_RESULTS}
-    values = _get_json(store, AJAX_BULK_ENDPOINT, params).get("metrics", [])
-    if len(values) < AJAX_MAX_RESULTS:
-        return _parse(values)
-    if len(ids) > 1:
-        half = len(ids) // 2
-        return _ajax_job(store, client, ids[:half], key) + _ajax_job(store, client, ids[half:], key)
-    return _fetch_per_run(client, ids, [key], 1)
-
-
-def _run_jobs(jobs: list, fetch: Callable) -> list[Row]:
-    if not jobs:
-        return []
-    first = fetch(jobs[0])  # sequentially: a missing endpoint shows here, before any thread starts
-    with ThreadPoolExecutor(max_workers=HTTP_THREADS) as pool:
-        rest = list(pool.map(fetch, jobs[1:]))
-    return [row for rows in [first, *rest] for row in rows]
-
-
-def _fetch_bulk_interval(store: RestStore, client: MlflowClient, run_ids: list[str],
-                         metrics: list[str]) -> list[Row]:
-    def fetch(job: tuple[list[str], str]) -> list[Row]:
-        ids, key = job
-        params = {"run_ids": ids, "metric_key": key, "max_results": INTERVAL_MAX_RESULTS}
-        rows = _parse(_get_json(store, REST_BULK_INTERVAL_ENDPOINT, params).get("metrics", []))
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row[0]] = counts.get(row[0], 0) + 1
-        sampled = {r for r, n in counts.items() if n >= INTERVAL_MAX_RESULTS}
-        if sampled:  # the server downsampled these runs: fetch them whole
-            rows = [row for row in rows if row[0] not in sampled]
-            rows += _fetch_per_run(client, sorted(sampled), [key], 1)
-        return rows
-
-    jobs = [(run_ids[i:i + MAX_RUNS_PER_REQUEST], key)
-            for key in metrics for i in range(0, len(run_ids), MAX_RUNS_PER_REQUEST)]
-    return _run_jobs(jobs, fetch)
-
-
-def fetch_ajax_bulk(store: RestStore, client: MlflowClient, run_ids: list[str], metrics: list[str],
-                    expected_steps: int | None = None) -> list[Row]:
-    """All values via get-history-bulk, 4 requests in flight (for benchmarks and tests)."""
-    jobs = [(ids, key) for key in metrics for ids in _chunks(run_ids, expected_steps)]
-    return _run_jobs(jobs, lambda job: _ajax_job(store, client, *job))
-
-
-def fetch_bulk_interval(store: RestStore, client: MlflowClient, run_ids: list[str],
-                        metrics: list[str]) -> list[Row]:
-    """All values via the public REST get-history-bulk-interval (for benchmarks and tests)."""
-    return _fetch_bulk_interval(store, client, run_ids, metrics)
-
-
-def fetch_sql_columns(store, run_ids: list[str], metrics: list[str]) -> list[Row]:
-    """All values via a column query on the store's ``SqlMetric`` model (for benchmarks and tests)."""
-    return _fetch_sql_columns(store, run_ids, metrics)
-
-
-def fetch_sql_bulk(store, run_ids: list[str], metrics: list[str]) -> list[Row]:
-    """All values via ``SqlAlchemyStore.get_metric_history_bulk`` (for benchmarks and tests)."""
-    return _fetch_sql_bulk(store, run_ids, metrics)
-
-
-def fetch_per_run(client: MlflowClient, run_ids: list[str], metrics: list[str],
-                  threads: int = 1) -> list[Row]:
-    """All values via ``get_metric_history`` per run and metric (for benchmarks and tests)."""
-    return _fetch_per_run(client, run_ids, metrics, threads)

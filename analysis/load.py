@@ -11,6 +11,7 @@ import math
 import re
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,10 +20,11 @@ from mlflow.tracking import MlflowClient
 
 from analysis.errors import AnalysisError
 from analysis.facets import AXIS_PARAMS
-from analysis.histories import HistoryFetcher, is_server
+from analysis.histories import HistoryFetcher
 from analysis.scales import as_scale, is_named, parse_scale, scale_ranks, sort_by_scale
 from analysis.store import check_tracking_uri, resolve_tracking_uri
 from tracking.names import DIVERGED, METRICS, OPTIONAL_PARAMS, RUN_KIND_TRIAL
+from tracking.uri import is_server
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ def load_runs(
     metrics: Sequence[str] = METRICS,
     check_uri: bool = True,
     diverged: str = "count",
+    cache_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Load the FINISHED trial runs of ``experiment`` as a tidy frame, and its diverged trials by ``diverged``.
 
@@ -70,8 +73,13 @@ def load_runs(
     listed in ``df.attrs["duplicates"]`` (and logged as a warning). Runs that cannot be used (no
     trial_key tag, an unparsable weight_scale/use_batchnorm/seed, no metric values) are listed in
     ``df.attrs["skipped"]``. Other attrs: ``experiment``, ``experiment_id``, ``tracking_uri``,
-    ``n_finished_runs``, ``history_strategy``, ``param_columns``, ``timings_s``, ``diverged`` (every trial that
-    diverged and has no FINISHED run), ``diverged_policy``.
+    ``n_finished_runs``, ``history_counts`` (runs whose histories came from the cache / were fetched),
+    ``param_columns``, ``timings_s``, ``diverged`` (every trial that diverged and has no FINISHED run),
+    ``diverged_policy``.
+
+    Histories are fetched with ``MlflowClient.get_metric_history``; with ``cache_dir`` (e.g.
+    :func:`analysis.histories.default_cache_dir`) those of ended runs are kept there and read back next time
+    (:class:`analysis.histories.HistoryCache`).
 
     Diverged trials (FAILED runs whose ``failure_reason`` starts with "diverged": the loss became non-finite, the
     sweep stopped the trial there) are results of the experiment. With ``diverged="count"`` they are rows of the
@@ -101,16 +109,14 @@ def load_runs(
                             "restore`, or pick another --experiment)")
 
     t0 = time.perf_counter()
-    server = is_server(client)
+    server = is_server(uri)
     page_size = SERVER_PAGE if server else SEARCH_PAGE
-    with HistoryFetcher(client, metrics) as fetcher:
+    with HistoryFetcher(client, uri, metrics, cache_dir=cache_dir) as fetcher:
         runs: list[Run] = []
         for page in _search_finished_trials(client, exp.experiment_id, page_size):
             runs.extend(page)
             if server:  # start downloading histories while the server produces the next page
-                if fetcher.expected_steps is None:
-                    fetcher.expected_steps = _expected_steps(page)
-                fetcher.submit([r.info.run_id for r in page if r.data.tags.get("trial_key")])
+                fetcher.submit([r for r in page if r.data.tags.get("trial_key")])
         t1 = time.perf_counter()
         runs_df, skipped = _runs_frame(runs)
         kept, duplicates = pick_one_per_trial(runs_df)
@@ -118,13 +124,14 @@ def load_runs(
             n_dropped = sum(len(d["dropped_run_ids"]) for d in duplicates)
             logger.warning("%d trial key(s) have several FINISHED runs; kept the earliest of each, "
                            "ignored %d run(s)", len(duplicates), n_dropped)
-        diverged_runs = _diverged_runs(client, exp.experiment_id, set(kept["trial_key"]))
+        diverged_runs, diverged_found = _diverged_runs(client, exp.experiment_id, set(kept["trial_key"]))
         t2 = time.perf_counter()
         if not server:
-            fetcher.expected_steps = _expected_steps(runs)
-            fetcher.submit(kept["run_id"].tolist())
-        fetcher.submit(diverged_runs["run_id"].tolist())
-        hist, strategy = fetcher.result()
+            by_id = {r.info.run_id: r for r in runs}
+            fetcher.submit(by_id[run_id] for run_id in kept["run_id"])
+        by_id = {r.info.run_id: r for r in diverged_found}
+        fetcher.submit(by_id[run_id] for run_id in diverged_runs["run_id"])
+        hist = fetcher.result()
     t3 = time.perf_counter()
     finished = _tidy(kept, hist[hist["run_id"].isin(set(kept["run_id"]))], list(metrics), skipped)
     finished["diverged"] = False
@@ -143,7 +150,7 @@ def load_runs(
         "skipped": skipped,
         "diverged": _diverged_list(diverged_runs),
         "diverged_policy": diverged,
-        "history_strategy": strategy,
+        "history_counts": dict(fetcher.counts),
         "timings_s": {"search_runs": t1 - t0, "runs_frame": t2 - t1, "histories": t3 - t2, "tidy": t4 - t3},
         "param_columns": [c for c in df.columns if c not in (*LEADING_COLUMNS, *metrics, *RUN_COLUMNS, "diverged")],
     })
@@ -161,9 +168,11 @@ def _search_finished_trials(client: MlflowClient, experiment_id: str, page_size:
             return
 
 
-def _diverged_runs(client: MlflowClient, experiment_id: str, finished_keys: set[str]) -> pd.DataFrame:
+def _diverged_runs(client: MlflowClient, experiment_id: str,
+                   finished_keys: set[str]) -> tuple[pd.DataFrame, list[Run]]:
     """The runs of trials that diverged and have no FINISHED run (the earliest run of each), as from
-    :func:`_runs_frame`. Runs that cannot be read are left out (the FINISHED ones are what ``skipped`` lists)."""
+    :func:`_runs_frame`, and every such run found. Runs that cannot be read are left out (the FINISHED ones are what
+    ``skipped`` lists)."""
     runs: list[Run] = []
     token = None
     while True:
@@ -176,7 +185,7 @@ def _diverged_runs(client: MlflowClient, experiment_id: str, finished_keys: set[
     kept, _ = pick_one_per_trial(frame)
     reasons = {r.info.run_id: r.data.tags.get("failure_reason", "") for r in runs}
     kept["failure_reason"] = [reasons[r] for r in kept["run_id"]]
-    return kept
+    return kept, runs
 
 
 def _diverged_list(runs: pd.DataFrame) -> list[dict]:
@@ -262,17 +271,6 @@ def diverged_counts(df: pd.DataFrame) -> dict[tuple[float, bool], int]:
     for d in df.attrs.get("diverged", []):
         counts[(d["weight_scale"], d["use_batchnorm"])] = counts.get((d["weight_scale"], d["use_batchnorm"]), 0) + 1
     return counts
-
-
-def _expected_steps(runs: list[Run]) -> int | None:
-    """Values per run and metric, from the ``epochs`` param (epochs + 1), if the runs have it."""
-    epochs = []
-    for r in runs:
-        try:
-            epochs.append(_parse_int(r.data.params["epochs"]))
-        except (KeyError, ValueError):
-            pass
-    return max(epochs) + 1 if epochs else None
 
 
 def parse_bool(text: str) -> bool:

@@ -63,6 +63,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tracking.cache import user_cache_dir
+
 __all__ = [
     "DATASETS",
     "DatasetError",
@@ -216,9 +218,7 @@ def _spec(name: str) -> DatasetSpec:
 
 def cache_dir(name: str) -> Path:
     """The per-user cache folder of a dataset (where downloads go)."""
-    base = os.environ.get("XDG_CACHE_HOME") or ""
-    root = Path(base) if base else Path.home() / ".cache"
-    return root / "bnsweep" / name
+    return user_cache_dir() / name
 
 
 def _file_in(folder: Path, base: str) -> Path | None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import functools
-import gc
-import logging
 import math
 import os
 import shlex
@@ -212,14 +210,13 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    # MLflow's INFO lines (creating a store's tables) only with --verbose: MLflow reads this as it is imported.
+    # MLflow's own log lines only with --verbose (MLflow reads this as it is imported): its INFO lines (creating a
+    # store's tables), and the traceback its SQL store logs (ERROR) for each failed statement before it raises; the
+    # sweep says what failed itself, in one line (a retry, or the error it ends with).
     if args.verbose:
         os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
     else:
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        # MLflow's SQL store logs each failed statement with its traceback (ERROR) before it raises; the sweep says
-        # what failed itself, in one line (a retry, or the error it ends with).
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "CRITICAL")
     # `kill -USR1 <pid>` prints where every thread of the driver is: for a sweep that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
@@ -272,11 +269,6 @@ def run(args: argparse.Namespace) -> int:
     data_ready = threading.Event()
     preparer = threading.Thread(target=_prepare, args=(args, uri, base, grid, keys, prepared, stop, data_ready),
                                 kwargs={"axes": tuple(checked.axes)}, daemon=True)
-    # Start-up imports Ray and MLflow: ~300,000 objects that live as long as the driver. The cyclic collector would
-    # walk them all six times meanwhile and once more later (0.6 s of CPU, taken from the trials on a busy machine).
-    # It is off until the plan is made, and then leaves them (frozen) out of its walks; what start-up left as
-    # garbage cycles stays, about 6 MB.
-    gc.disable()
     preparer.start()
     try:
         # a Ctrl-C meanwhile is acted on once it returns
@@ -303,8 +295,6 @@ def run(args: argparse.Namespace) -> int:
         if "error" in prepared:
             raise prepared["error"]
         ray_seconds = (first_started or time.perf_counter()) - started  # until the first trials could start
-        gc.freeze()
-        gc.enable()
         code = _sweep(args, uri, cpus, prepared["plan"], started, ray_seconds, stop, early)
         if code == 0 and checked.until is not None:
             code = _rounds(args, uri, cpus, checked, (prepared["data"], prepared["plan"].checksum), stop)
@@ -316,7 +306,6 @@ def run(args: argparse.Namespace) -> int:
         preparer.join(PREPARER_JOIN_S)
         raise
     finally:
-        gc.enable()
         cluster.disconnect()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -899,10 +888,4 @@ def _task_error(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Everything is written and Ray is stopped. Python's own teardown of the ~2,300 modules MLflow and Ray import
-    # would run the cyclic garbage collector over all their objects again and again: 0.5-0.8 s of exit per sweep
-    # (benchmarks/README.md, `outside_overhead_s`). Frozen, they are left to the OS, as the memory of any exiting
-    # process is; files and connections are closed all the same.
-    gc.freeze()
-    sys.exit(code)
+    sys.exit(main())

@@ -218,8 +218,9 @@ def test_cli_against_a_real_mlflow_server(sweep, tmp_path, capsys):
     proc, url = start_mlflow_server(uri, tmp_path / "server")
     try:
         out = tmp_path / "out"
-        assert main(["--experiment", "sweep", "--tracking-uri", url, "--out", str(out)]) == 0
-        assert "via rest-ajax-get-history-bulk" in capsys.readouterr().err
+        cache = tmp_path / "cache"
+        assert main(["--experiment", "sweep", "--tracking-uri", url, "--out", str(out), "--cache-dir", str(cache)]) == 0
+        assert f"(histories: 0 from the cache in {cache}, 24 fetched)" in capsys.readouterr().err
         assert {p.name for p in out.iterdir()} == FILES
         from mlflow.tracking import MlflowClient
 
@@ -227,6 +228,9 @@ def test_cli_against_a_real_mlflow_server(sweep, tmp_path, capsys):
         runs = remote.search_runs([exp_id], "tags.run_kind = 'analysis'")
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert {a.path for a in remote.list_artifacts(runs[0].info.run_id)} == FILES
+        assert main(["--experiment", "sweep", "--tracking-uri", url, "--out", str(out), "--cache-dir", str(cache),
+                     "--no-log"]) == 0
+        assert f"(histories: 24 from the cache in {cache}, 0 fetched)" in capsys.readouterr().err
         assert main(["--experiment", "nope", "--tracking-uri", url]) == 2
         assert "error: experiment 'nope' not found" in capsys.readouterr().err
         assert "nope" not in [e.name for e in remote.search_experiments()]

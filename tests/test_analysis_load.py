@@ -13,7 +13,6 @@ import pytest
 from mlflow.entities import Metric
 
 from analysis import AnalysisError, load_runs
-from analysis import histories as hist_mod
 from tests.mlflow_fixtures import (
     create_experiment,
     free_port,
@@ -93,7 +92,7 @@ def test_tidy_frame_holds_exactly_the_logged_histories(store):
     assert df.attrs["duplicates"] == []
     assert df.attrs["skipped"] == []
     assert df.attrs["n_finished_runs"] == len(known)
-    assert df.attrs["history_strategy"] == hist_mod.STRATEGY_SQL_COLUMNS
+    assert df.attrs["history_counts"] == {"cached": 0, "fetched": len(known)}
 
 
 def test_only_finished_trial_runs_count(store):
@@ -167,15 +166,6 @@ def test_nan_values_missing_metrics_and_repeated_steps(store):
     assert df.loc[(nan_run, 0), "train_acc"] == hist["train_acc"][0]
     assert df.loc[no_test_run, "test_acc"].isna().all()
     np.testing.assert_array_equal(df.loc[no_test_run, "train_acc"].to_numpy(), no_test["train_acc"])
-
-    # the column query (used) and MLflow's get_metric_history_bulk (fallback) return the same values
-    store = hist_mod.tracking_store(client)
-    ids, metrics = [nan_run, no_test_run], ["train_acc", "test_acc", "train_loss"]
-
-    def canon(rows):
-        return sorted((r, k, s, repr(v), t) for r, k, s, v, t in rows)
-
-    assert canon(hist_mod.fetch_sql_columns(store, ids, metrics)) == canon(hist_mod.fetch_sql_bulk(store, ids, metrics))
 
 
 def test_unusable_runs_are_skipped_and_listed(store):
@@ -273,43 +263,26 @@ def test_tracking_uri_defaults_to_the_environment(store, monkeypatch):
 
 
 @pytest.mark.slow
-def test_server_load_equals_sqlite_load_for_every_history_strategy(tmp_path, monkeypatch):
-    """Through a real ``mlflow server``: the ajax bulk path (used), and the fallbacks, give the same values."""
+def test_server_load_equals_sqlite_load_and_both_cache_apart(tmp_path):
+    """Through a real ``mlflow server`` the same frame as from its SQLite store, NaN included; each store has a cache
+    of its own, and a second load through the server reads every history from its cache."""
     uri, client = make_store(tmp_path / "store")
     exp_id = create_experiment(client, "exp", tmp_path / "artifacts")
     known = log_known_grid(client, exp_id, scales=(0.01, 0.1, 1.0), seeds=(0, 1, 2, 3))
     hist = random_history(np.random.default_rng(9))
     hist["train_loss"][1] = np.nan
     nan_run = log_trial_run(client, exp_id, trial_config(0.2, True, 0, epochs=EPOCHS), hist)
-    direct = load_runs("exp", uri)
+    cache = tmp_path / "cache"
+    direct = load_runs("exp", uri, cache_dir=cache)
+    assert len(direct) == (len(known) + 1) * (EPOCHS + 1)
 
     proc, url = start_mlflow_server(uri, tmp_path / "server")
     try:
-        via_server = load_runs("exp", url)
-        assert via_server.attrs["history_strategy"] == hist_mod.STRATEGY_AJAX
-        pd.testing.assert_frame_equal(via_server, direct)
-        assert np.isnan(via_server.set_index(["run_id", "epoch"]).loc[(nan_run, 1), "train_loss"])
-        assert len(direct) == (len(known) + 1) * (EPOCHS + 1)
-
-        from mlflow.tracking import MlflowClient
-
-        server_client = MlflowClient(url)
-        store = hist_mod.tracking_store(server_client)
-        ids = sorted(direct["run_id"].unique())
-        metrics = ["train_acc", "test_acc", "train_loss"]
-
-        def as_set(rows):
-            return {(r, k, s, "nan" if np.isnan(v) else v) for r, k, s, v, _ in rows}
-
-        expected = as_set(hist_mod.fetch_sql_bulk(hist_mod.tracking_store(client), ids, metrics))
-        assert as_set(hist_mod.fetch_sql_columns(hist_mod.tracking_store(client), ids, metrics)) == expected
-        assert any(v == "nan" for _, _, _, v in expected)
-        assert as_set(hist_mod.fetch_ajax_bulk(store, server_client, ids, metrics, EPOCHS + 1)) == expected
-        # a response cut at the values limit is split until every run's history is whole
-        monkeypatch.setattr(hist_mod, "AJAX_MAX_RESULTS", 3)
-        assert as_set(hist_mod.fetch_ajax_bulk(store, server_client, ids, metrics, 1)) == expected
-        monkeypatch.undo()
-        assert as_set(hist_mod.fetch_bulk_interval(store, server_client, ids, metrics)) == expected
-        assert as_set(hist_mod.fetch_per_run(server_client, ids, metrics, threads=4)) == expected
+        for cached in (0, len(known) + 1):
+            via_server = load_runs("exp", url, cache_dir=cache)
+            assert via_server.attrs["history_counts"] == {"cached": cached, "fetched": len(known) + 1 - cached}
+            pd.testing.assert_frame_equal(via_server, direct)
+            assert np.isnan(via_server.set_index(["run_id", "epoch"]).loc[(nan_run, 1), "train_loss"])
     finally:
         stop_mlflow_server(proc)
+    assert len(list(cache.glob("*.sqlite"))) == 2

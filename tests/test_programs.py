@@ -5,15 +5,12 @@
   variable, it creates a telemetry client (writing an installation id under ``~/.config/mlflow``) that fetches its
   config from and posts usage events to MLflow's servers. Each check runs in a fresh interpreter whose environment
   has none of those variables, as a user's shell would.
-- Their work done, they freeze the garbage collector before exiting (what that saves is measured in benchmarks/).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -53,24 +50,3 @@ def test_no_mlflow_telemetry_by_default(module, tmp_path):
 def test_the_users_own_setting_wins(module, tmp_path):
     # the probe is able to see a live client: with telemetry asked for, MLflow creates one
     assert _probe(module, tmp_path, MLFLOW_DISABLE_TELEMETRY="false") == "TelemetryClient"
-
-
-@pytest.mark.parametrize(("module", "argv"), [
-    ("pipeline.sweep", ["--dry-run", "--seeds", "0", "--tracking-uri", "sqlite:///{tmp}/none.db"]),
-    ("analysis", ["--experiment", "x", "--tracking-uri", "sqlite:///{tmp}/none.db", "--out", "{tmp}/out"]),
-])
-def test_the_program_freezes_the_gc_on_its_way_out(module, argv, tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [module, *(a.format(tmp=tmp_path) for a in argv)])
-    monkeypatch.delitem(sys.modules, "pipeline.sweep", raising=False)  # runpy warns about a module imported already
-    gc.unfreeze()
-    assert gc.get_freeze_count() == 0
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-        frozen = gc.get_freeze_count()
-    finally:
-        gc.unfreeze()  # this test process goes on collecting
-    assert frozen > 0
-    # a dry run of a store that does not exist plans everything; analysing it is a one-line usage error
-    assert exit_.value.code == (0 if module == "pipeline.sweep" else 2)
-    assert not (tmp_path / "none.db").exists()  # neither created the store

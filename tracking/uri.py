@@ -73,6 +73,11 @@ def _scheme(uri: str) -> str:
     return match.group(1).lower() if match else ""
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names an MLflow tracking server (``http://`` or ``https://``), not a database."""
+    return _scheme(uri) in ("http", "https")
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The absolute file of a ``sqlite:///`` URI (three slashes: relative to the current folder, four: absolute; ``~``
     expanded, a query left out); None for any other URI and for an in-memory SQLite URI."""
