@@ -50,8 +50,6 @@ for _name, _value in (
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-from sqlalchemy import event  # noqa: E402
-from sqlalchemy.engine import Engine  # noqa: E402
 
 #: Tags of the experiment a sweep creates: its description in the UI, and MLflow 3's experiment kind "Model
 #: training" (the UI still opens an experiment by the ``workflowType`` of its address: see tracking.uri.runs_view_url).
@@ -66,31 +64,21 @@ T = TypeVar("T")
 # --- a SQLite store in WAL mode ------------------------------------------------------------------------------
 
 
-@event.listens_for(Engine, "connect")
-def _sqlite_wal(dbapi_connection, connection_record) -> None:  # noqa: ARG001 - SQLAlchemy's signature
-    """Open every SQLite store of this process in write-ahead-log mode with ``synchronous=NORMAL``.
+def _write_ahead_log(path: Path) -> None:
+    """Put the SQLite store at ``path`` in write-ahead-log mode, if it is not yet.
 
-    MLflow's SQLite store commits several times per run; in SQLite's default rollback-journal mode every commit
-    syncs the file twice. In WAL mode with ``synchronous=NORMAL`` a commit appends to the log and syncs only at
-    checkpoints: about 21 instead of 27 ms of MLflow per trial here (``python -m benchmarks.bench_logging``). WAL also
-    lets ``mlflow ui`` and ``python -m analysis`` read the store while a sweep writes it, without "database is
-    locked". The mode stays with the file (other processes open it in WAL mode too); ``synchronous`` is this
-    connection's. What it gives up: after a power loss (not a crash of the sweep) the last commits may be
-    missing; a trial whose FINISHED was lost is then an orphan that the next sweep reruns, never a wrong result.
+    The mode stays with the file: every process then opens it so (MLflow, ``mlflow ui``, the analysis). WAL lets
+    them read the store while a sweep writes it, without "database is locked", and a commit appends to the log
+    instead of rewriting pages through a journal. A store busy right now (another process in a transaction) keeps
+    its mode until the next sweep; a file that is not a database raises (the caller says so).
     """
-    if not isinstance(dbapi_connection, sqlite3.Connection):
-        return
-    cursor = dbapi_connection.cursor()
     try:
-        if any(MAKING_SUFFIX in Path(row[2]).name for row in cursor.execute("PRAGMA database_list")):
-            return  # a store being made (_make_sqlite_store): its file alone must hold what is committed
-        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() not in ("wal", "memory"):
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    except sqlite3.OperationalError:
-        pass  # the file is busy (another process holds a lock): keep its mode; the next connection tries again
-    finally:
-        cursor.close()
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        if refusal(exc) is not None:
+            raise
 
 
 #: A new SQLite store is made in a file of this suffix beside it, then put in its place complete.
@@ -116,6 +104,7 @@ def _creating_sqlite_store(uri: str) -> Iterator[None]:
         try:
             if path.stat().st_size == 0:  # new (or left empty by an interrupted start): not yet a store
                 _make_sqlite_store(path)
+            _write_ahead_log(path)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -128,29 +117,18 @@ def _make_sqlite_store(path: Path) -> None:
     in the store itself, they would leave it at an in-between schema that MLflow can never open again ("table ...
     already exists"). Made beside it, an interruption leaves at most that file (``.<name>.making-<id>``), which the
     next sweep removes before it makes the store again; ``path`` is either empty or a whole store. The file beside it
-    is made without write-ahead log (see :func:`_sqlite_wal`), and MLflow's connections to it are closed before the
-    rename, so the renamed file alone holds every table.
+    is made in SQLite's default rollback-journal mode, whose committed transactions are all in the file itself, so
+    the renamed file alone holds every table (it is put in WAL mode after, under its own name).
     """
     for stale in path.parent.glob(f".{glob.escape(path.name)}{MAKING_SUFFIX}*"):
         stale.unlink(missing_ok=True)
     making = path.with_name(f".{path.name}{MAKING_SUFFIX}-{uuid.uuid4().hex[:8]}")
-    engines: list[Engine] = []
-
-    def keep(connection) -> None:
-        if str(connection.engine.url.database) == str(making):
-            engines.append(connection.engine)
-
-    event.listen(Engine, "engine_connect", keep)
     try:
         MlflowClient(tracking_uri=f"sqlite:///{making}")  # makes the tables
     except BaseException:
         for leftover in (making, Path(f"{making}-journal")):  # e.g. out of space: give the space back
             leftover.unlink(missing_ok=True)
         raise
-    finally:
-        event.remove(Engine, "engine_connect", keep)
-        for engine in engines:
-            engine.dispose()  # its pooled connections closed: nothing refers to the file by its old name
     os.replace(making, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:

@@ -82,7 +82,8 @@ python look.py "$DISK/mlflow.db"
     first, second = out.split("EXIT ", 2)[1:]
     assert first.startswith("1\n"), out
     assert "Traceback" not in first and "retrying" not in first  # the store said it is full: no waiting it out
-    error = re.search(r"error: MLflow at (\S+) cannot log batch: its disk is full .* (\d+) trial\(s\) were recorded; "
+    # the call that finds the disk full is a log_batch or a create_run, as the writes fall
+    error = re.search(r"error: MLflow at (\S+) cannot [a-z ]+: its disk is full .* (\d+) trial\(s\) were recorded; "
                       r"(\d+) were not .* To finish them: free space where the store is, then rerun the same command: "
                       r"python -m pipeline.sweep", first)
     assert error, first

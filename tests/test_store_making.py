@@ -11,91 +11,71 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 from mlflow.tracking import MlflowClient
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlalchemy.pool import Pool
 
 from pipeline.tracker import MAKING_SUFFIX, Tracker
 from tests.sweep_helpers import SMALL, finished_counts, run_sweep, sweep_env
 from tracking.uri import check_store
 
-#: Makes a store in child processes, each killed (SIGKILL) just before one commit of the making, and reports what the
-#: store's file holds after each: the parent forks a child per step, so MLflow is imported once.
-KILL_AT_STEPS = textwrap.dedent("""
-    import json, os, signal, sys
+#: Makes a store in child processes, each killed (SIGKILL) a moment into the making, and reports what the store's file
+#: holds after each: the parent times one whole making first, then kills its children at evenly spread moments of
+#: it; it forks a child per kill, so MLflow is imported once.
+KILL_DURING_MAKING = textwrap.dedent("""
+    import json, os, signal, sys, time
     from pathlib import Path
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
     from pipeline.tracker import MAKING_SUFFIX, Tracker
 
     path, spare, parts = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 
-    def make(where, kill_at):
-        \"\"\"Make the store ``where`` in a child process killed just before its making's commit ``kill_at``;
-        returns (the signal that ended it, the commits of its making).\"\"\"
-        read, write = os.pipe()
+    def make(where, kill_after):
+        \"\"\"Make the store ``where`` in a child killed ``kill_after`` s after it starts (None: not killed); returns
+        (the signal that ended it, the seconds it ran).\"\"\"
+        started = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            commits = [0]
-
-            @event.listens_for(Engine, "commit")
-            def _count(conn):
-                if MAKING_SUFFIX in str(conn.engine.url.database):
-                    commits[0] += 1
-                    os.write(write, b".")
-                    if commits[0] == kill_at:
-                        os.kill(os.getpid(), signal.SIGKILL)
-
             Tracker(f"sqlite:///{where}")
             os._exit(0)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            commits = len(pipe.read())
+        if kill_after is not None:
+            time.sleep(kill_after)
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-        return (os.WTERMSIG(status) if os.WIFSIGNALED(status) else None), commits
+        return (os.WTERMSIG(status) if os.WIFSIGNALED(status) else None), time.monotonic() - started
 
-    _, steps = make(spare, 0)  # how many commits making a store takes
-    for step in sorted({1, 2, *(1 + (steps - 1) * i // parts for i in range(parts + 1))}):
-        killed, commits = make(path, step)
+    _, whole = make(spare, None)  # how long making a store takes
+    for i in range(1, parts + 1):
+        killed, _ = make(path, whole * i / (parts + 1))
+        left = [p.name for p in path.parent.iterdir() if MAKING_SUFFIX in p.name]
         size = path.stat().st_size if path.exists() else None
-        print(json.dumps({"step": step, "of": steps, "commits": commits, "signal": killed, "size": size}), flush=True)
+        print(json.dumps({"at": i / (parts + 1), "signal": killed, "size": size, "making_left": bool(left)}),
+              flush=True)
 """)
 
 
-def test_at_every_step_of_making_a_store_its_file_is_still_empty(tmp_path):
+def test_while_a_store_is_made_its_file_stays_empty_then_is_whole_at_once(tmp_path):
+    """Watched from another thread the whole time MLflow makes it: the store's file is empty until it is a whole
+    store, never anything in between, and the connections to the file beside it leave nothing behind."""
     path = tmp_path / "mlflow.db"
-    sizes = []
-    opened, closed = set(), {}
+    seen: list[tuple[int | None, bool]] = []
+    done = threading.Event()
 
-    def size() -> int | None:
-        return path.stat().st_size if path.exists() else None
+    def watch() -> None:
+        while not done.is_set():  # the size first: the making file is gone once the store is in place
+            size = path.stat().st_size if path.exists() else None
+            seen.append((size, any(MAKING_SUFFIX in p.name for p in tmp_path.iterdir())))
 
-    def look(conn):
-        if MAKING_SUFFIX in str(conn.engine.url.database):  # a step of making it (then it is opened)
-            sizes.append(size())
-
-    def on_connect(dbapi_connection, record):  # noqa: ARG001 - SQLAlchemy's signature
-        if MAKING_SUFFIX in dbapi_connection.execute("PRAGMA database_list").fetchone()[2]:
-            opened.add(id(dbapi_connection))
-
-    def on_close(dbapi_connection, record):  # noqa: ARG001
-        if id(dbapi_connection) in opened:
-            closed[id(dbapi_connection)] = size()
-
-    listeners = [(Engine, "commit", look), (Pool, "connect", on_connect), (Pool, "close", on_close)]
-    for target, name, fn in listeners:
-        event.listen(target, name, fn)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
         Tracker(f"sqlite:///{path}")
     finally:
-        for target, name, fn in listeners:
-            event.remove(target, name, fn)
-    assert len(sizes) >= 50  # MLflow's schema steps, each committed
-    assert set(sizes) == {0}  # a kill at any of them leaves the store's file empty: not yet a store
-    # every connection to the file being made was closed before it took the store's place
-    assert opened and set(closed) == opened and set(closed.values()) == {0}
+        done.set()
+        watcher.join(10)
+    whole = path.stat().st_size
+    assert sum(making for _, making in seen) >= 20  # the watcher looked many times while the store was being made
+    assert {size for size, making in seen if making} <= {0, None}  # empty (or not yet there) while it was made
+    assert {size for size, _ in seen} <= {0, None, whole}  # then whole at once
     assert check_store(f"sqlite:///{path}", write=True).exists
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("mlflow.db")) == []  # nothing beside it
     assert MlflowClient(f"sqlite:///{path}").get_experiment("0").name == "Default"
@@ -105,15 +85,14 @@ def test_a_store_killed_at_any_step_of_its_making_is_made_again_and_the_sweep_co
     (tmp_path / "spare").mkdir()
     path = tmp_path / "mlflow.db"
     uri = f"sqlite:///{path}"
-    out = subprocess.run([sys.executable, "-c", KILL_AT_STEPS, str(path), str(tmp_path / "spare" / "m.db"), "8"],
-                         env=sweep_env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", KILL_DURING_MAKING, str(path), str(tmp_path / "spare" / "m.db"),
+                          "8"], env=sweep_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     seen = [json.loads(line) for line in out.stdout.splitlines()]
-    steps = seen[0]["of"]
-    assert steps >= 50 and [s["step"] for s in seen][:2] == [1, 2] and seen[-1]["step"] == steps
-    assert len(seen) >= 9
-    for s in seen:  # killed at that step, and the store's file still empty
-        assert s["signal"] == signal.SIGKILL and s["commits"] == s["step"] and s["size"] == 0, s
+    assert len(seen) == 8 and all(s["signal"] == signal.SIGKILL for s in seen), seen
+    assert sum(s["making_left"] for s in seen) >= 4, seen  # half the kills or more came while it was being made
+    for s in seen:  # killed then: the store's file is still empty
+        assert not s["making_left"] or s["size"] == 0, s
     assert list(tmp_path.glob(f".mlflow.db{MAKING_SUFFIX}-*"))  # what the last kill left beside it
 
     done = run_sweep(*SMALL, "--tracking-uri", uri, "--experiment", "made", cwd=tmp_path)

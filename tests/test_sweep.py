@@ -351,26 +351,3 @@ def test_trials_the_plan_leaves_out_are_left_to_end_never_cancelled(fashion_mnis
     assert "Nothing to run: all 8 trials" in complete.stderr, complete.stderr
     assert calls["submitted"] >= 2 and calls["cancel"] == 0  # a trial per worker started, and left
     assert len(trial_runs(uri, "left")) == 8
-
-
-#: Records how many objects each full collection of the cyclic garbage collector walks.
-GC_PROBE = """
-import gc
-walks = []
-def on_gc(phase, info):
-    if phase == "start" and info["generation"] == 2:
-        walks.append(len(gc.get_objects()))  # what this full collection walks (frozen objects are not among them)
-gc.callbacks.append(on_gc)
-"""
-
-
-def test_the_driver_never_walks_the_objects_of_its_start_up_with_the_cyclic_collector(fashion_mnist_dir, tmp_path):
-    """Ray's and MLflow's imports leave some 300,000 objects that live as long as the driver. A full collection of
-    the cyclic garbage collector walks every tracked object: the sweep keeps it off while it starts and then freezes
-    what start-up made, so no collection walks them (before: six walks during start-up, 0.5 s of CPU)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out, walks = run_probed_sweep(GC_PROBE, "walks", *SMALL, "--tracking-uri", uri, "--experiment", "gc",
-                                  cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert len(finished_counts(uri, "gc")) == 8
-    assert max(walks, default=0) < 100_000, f"full collections walked {walks} objects"
