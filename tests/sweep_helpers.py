@@ -185,7 +185,7 @@ def _ray_workers_marked(mark: str) -> bool:
 
 
 @contextlib.contextmanager
-def plan_delayed(store: Path, after: float = 2.0, timeout: float = 180) -> Iterator[dict[str, str]]:
+def plan_delayed(store: Path, after: float = 1.0, timeout: float = 180) -> Iterator[dict[str, str]]:
     """An environment for one sweep, whose plan waits until its Ray workers have been up ``after`` seconds.
 
     The test holds the lock a sweep takes to open the SQLite store ``store`` (``pipeline.tracker``; the file is

@@ -15,7 +15,7 @@ from benchmarks import bench_logging, flops, run_all
 
 TINY = ["--weight-scales", "0.1,0.01", "--grid-seeds", "1", "--epochs", "2", "--train-size", "200",
         "--test-size", "100", "--reps", "1", "--tune-reps", "1", "--trial-reps", "1", "--analysis-runs", "20",
-        "--peers", "pool,tune_reuse_mlflow"]
+        "--peers", "pool"]
 
 
 def test_cpu_ticks_count_the_time_spent_here_and_the_stolen_share_is_part_of_it():
@@ -137,7 +137,7 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert result["ratios"] and all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
     for name in ("trial_float64_plain_fraction_of_limit", "trial_float32_batchnorm_fraction_of_limit",
                  "sweep_efficiency", "sweep_efficiency_excl_startup", "pool_over_sweep",
-                 "tune_reuse_mlflow_over_sweep", "logging_sqlite_fraction_of_trial",
+                 "logging_sqlite_fraction_of_trial",
                  "logging_server_fraction_of_trial"):
         assert name in result["ratios"], name
 
@@ -160,9 +160,8 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert added["ray_ready_s"] < added["sweep_total_s"] < added["wall_s"]
     assert grid["summary"]["add_seed_ray_ready_median_s"] == added["ray_ready_s"]
     assert "with one more seed" in table
-    assert rep["tune_reuse_mlflow"]["trials"] == 4 and rep["tune_reuse_mlflow"]["errors"] == 0
     assert rep["pool"]["trials"] == 4
-    assert all(0 <= rep[name]["host_steal"] < 1 for name in ("sweep", "pool", "tune_reuse_mlflow"))
+    assert all(0 <= rep[name]["host_steal"] < 1 for name in ("sweep", "pool"))
     assert len(grid["compute_times_s"]) == len(grid["compute_cpu_times_s"]) == 4
     compute = rep["compute"]  # each repetition measures its own ideal, right before its runs
     assert len(compute["times_s"]) == 4 and compute["ideal_s"] == pytest.approx(sum(compute["times_s"]) / 2)

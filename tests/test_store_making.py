@@ -86,11 +86,11 @@ def test_a_store_killed_at_any_step_of_its_making_is_made_again_and_the_sweep_co
     path = tmp_path / "mlflow.db"
     uri = f"sqlite:///{path}"
     out = subprocess.run([sys.executable, "-c", KILL_DURING_MAKING, str(path), str(tmp_path / "spare" / "m.db"),
-                          "8"], env=sweep_env(), capture_output=True, text=True, timeout=600)
+                          "6"], env=sweep_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     seen = [json.loads(line) for line in out.stdout.splitlines()]
-    assert len(seen) == 8 and all(s["signal"] == signal.SIGKILL for s in seen), seen
-    assert sum(s["making_left"] for s in seen) >= 4, seen  # half the kills or more came while it was being made
+    assert len(seen) == 6 and all(s["signal"] == signal.SIGKILL for s in seen), seen
+    assert sum(s["making_left"] for s in seen) >= 3, seen  # half the kills or more came while it was being made
     for s in seen:  # killed then: the store's file is still empty
         assert not s["making_left"] or s["size"] == 0, s
     assert list(tmp_path.glob(f".mlflow.db{MAKING_SUFFIX}-*"))  # what the last kill left beside it
