@@ -170,7 +170,9 @@ def test_the_whole_suite_on_a_tiny_grid(tmp_path, capsys):
     assert 0 < rep["sweep"]["trials_cpu_s"] <= rep["sweep"]["trials_compute_s"] + 0.1
     assert rep["sweep"]["cpu_slowdown_vs_alone"] == pytest.approx(rep["sweep"]["trials_cpu_s"] / compute["cpu_sum_s"])
     assert grid["summary"]["cpu_slowdown_in_sweep"] > 0 and "their CPU time alone" in table
-    assert grid["summary"]["sweep_cpu_s"]["workers"] > 0 and grid["summary"]["sweep_cpu_s"]["driver"] > 0
+    # the driver's CPU is seconds; the workers' on this tiny grid can round to 0.0 (sampled every 0.5 s, to 0.1 s)
+    cpu = grid["summary"]["sweep_cpu_s"]
+    assert set(cpu) == {"driver", "workers", "others"} and cpu["driver"] > 0 and min(cpu.values()) >= 0
     # Ray's workers, one per CPU of its local instance (max(--workers, CPUs)); its two agents are not workers
     assert 2 <= rep["sweep"]["memory"]["max_worker_processes"] <= max(2, os.cpu_count())
     # the machine's CPU time over the sweep: all CPUs' wall time, split into busy, idle and stolen
