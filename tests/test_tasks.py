@@ -7,6 +7,7 @@ import signal
 import time
 
 import numpy as np
+import psutil
 import pytest
 import ray
 from threadpoolctl import threadpool_limits
@@ -36,6 +37,61 @@ def local_ray():
     cluster.connect(None, 2)
     yield
     cluster.disconnect()
+
+
+def _ray_daemons() -> list[str]:
+    """The command lines of the processes of this driver's Ray session (its session folder is in each)."""
+    session = os.path.basename(ray._private.worker._global_node.get_session_dir_path())
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if session in cmdline:
+            out.append(cmdline)
+    return out
+
+
+def test_the_local_ray_runs_without_the_monitors_and_the_dashboard_server(local_ray):
+    daemons = _ray_daemons()
+    # the instance is really up (GCS, raylet), and it has neither monitor nor the dashboard (API) server
+    for daemon in ("gcs_server", "raylet"):
+        assert any(daemon in d for d in daemons), (daemon, daemons)
+    skipped = ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py")
+    assert not any(name in d for d in daemons for name in skipped), daemons
+    assert ray.get(ray.remote(num_cpus=1)(lambda: os.getpid()).remote()) != os.getpid()  # and runs a task
+    # the switches are scoped to the start of our instance: Ray's own code is in place afterwards
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    assert RayParams(no_monitor=False).no_monitor is False and RayParams().include_log_monitor is None
+    assert Node.start_api_server.__module__ == "ray._private.node"
+    # its dashboard agent is the minimal one (no HTTP server, no reporter), and Ray's checks are its own again
+    agents = [d for d in daemons if "dashboard/agent.py" in d]
+    assert agents and all(" --minimal" in d for d in agents), daemons
+    from ray._private import services
+    from ray._private import utils as ray_utils
+
+    assert services.get_node.__module__ == "ray._private.services"
+    assert ray_utils.get_dashboard_dependency_error.__module__ == "ray._private.utils"
+
+
+def test_the_local_ray_retries_its_local_sockets_every_10_ms(local_ray):
+    # Ray refuses a _system_config key it does not know (its processes would not start), so this also checks that
+    # Ray 2.60 still has these settings
+    config = ray._private.worker._global_node._config
+    assert {k: config.get(k) for k in cluster.SOCKET_RETRY} == cluster.SOCKET_RETRY
+    budget_ms = cluster.SOCKET_RETRY["raylet_client_connect_timeout_milliseconds"] * cluster.SOCKET_RETRY[
+        "raylet_client_num_connect_attempts"]
+    assert budget_ms == 10_000  # as long as Ray's default (10 x 1 s) before it gives up
+
+
+def test_the_wait_for_the_raylet_sees_a_registered_node_and_gives_up_on_an_unknown_one(local_ray):
+    ctx = ray.get_runtime_context()
+    assert cluster._when_registered(ctx.gcs_address, ctx.get_node_id()) is True
+    assert cluster._when_registered(ctx.gcs_address, "ff" * 28, timeout=0.3) is False  # then Ray's own wait decides
+    assert cluster._when_registered("127.0.0.1:1", ctx.get_node_id()) is False  # no GCS there: at once, no error
 
 
 def _in_process(config: dict, data: tuple) -> list[dict]:
