@@ -126,10 +126,9 @@ def load_runs(
                            "ignored %d run(s)", len(duplicates), n_dropped)
         diverged_runs, diverged_found = _diverged_runs(client, exp.experiment_id, set(kept["trial_key"]))
         t2 = time.perf_counter()
+        by_id = {r.info.run_id: r for r in (*runs, *diverged_found)}
         if not server:
-            by_id = {r.info.run_id: r for r in runs}
             fetcher.submit(by_id[run_id] for run_id in kept["run_id"])
-        by_id = {r.info.run_id: r for r in diverged_found}
         fetcher.submit(by_id[run_id] for run_id in diverged_runs["run_id"])
         hist = fetcher.result()
     t3 = time.perf_counter()

@@ -21,6 +21,8 @@ import psutil
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from tests.topology import MARKER_ENV, marked_pids
+
 REPO = Path(__file__).resolve().parent.parent
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -167,19 +169,13 @@ def run_probed_sweep(setup: str, report: str, *args: str, cwd: Path,
     return out, json.loads(found[-1].split(" ", 1)[1])
 
 
-#: An environment variable that marks the processes of one sweep (its driver, Ray's daemons and workers inherit it).
-MARKER = "BNSWEEP_TEST_SWEEP"
-
-
 def _ray_workers_marked(mark: str) -> bool:
     """Whether a Ray worker process (titled ``ray::...``) of the sweep marked ``mark`` runs."""
-    wanted = f"{MARKER}={mark}".encode()
-    for proc in psutil.process_iter(["cmdline"]):
+    for pid in marked_pids(mark):
         try:
-            if (proc.info["cmdline"] or [""])[0].startswith("ray::") and wanted in Path(
-                    f"/proc/{proc.pid}/environ").read_bytes().split(b"\0"):
+            if (psutil.Process(pid).cmdline() or [""])[0].startswith("ray::"):
                 return True
-        except (OSError, psutil.Error):
+        except psutil.Error:
             continue
     return False
 
@@ -206,7 +202,7 @@ def plan_delayed(store: Path, after: float = 1.0, timeout: float = 180) -> Itera
         holder = threading.Thread(target=release, daemon=True)
         holder.start()
         try:
-            yield sweep_env(**{MARKER: mark})
+            yield sweep_env(**{MARKER_ENV: mark})
         finally:
             released.set()
             holder.join(30)
